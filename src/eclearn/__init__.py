@@ -1,0 +1,49 @@
+"""eclearn — learning with statistical equality constraints (Barthakur & Chamon, NeurIPS 2025).
+
+Declare a :class:`Problem` from one ``evaluate(model, batch)`` function and its
+:class:`Equality` / :class:`Inequality` constraints, train it with :class:`PrimalDual`
+(dual ascent on the empirical Lagrangian), and judge held-out data with :func:`evaluate`.
+"""
+
+from eclearn import dual
+from eclearn._io import load_checkpoint, save_checkpoint
+from eclearn._rng import seed_everything
+from eclearn.batches import Batches
+from eclearn.diagnostics import Diagnostic, DiagnosticWarning
+from eclearn.evaluation import ConstraintReport, EvaluationReport, evaluate
+from eclearn.formulations import AugmentedLagrangian, Formulation, Lagrangian, Penalty
+from eclearn.history import History
+from eclearn.problem import Constraint, Equality, Inequality, Problem, ProblemError
+from eclearn.ratio import Ratio
+from eclearn.solver import Callback, FitResult, PrimalDual, StoppingRule
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AugmentedLagrangian",
+    "Batches",
+    "Callback",
+    "Constraint",
+    "ConstraintReport",
+    "Diagnostic",
+    "DiagnosticWarning",
+    "Equality",
+    "EvaluationReport",
+    "FitResult",
+    "Formulation",
+    "History",
+    "Inequality",
+    "Lagrangian",
+    "Penalty",
+    "PrimalDual",
+    "Problem",
+    "ProblemError",
+    "Ratio",
+    "StoppingRule",
+    "__version__",
+    "dual",
+    "evaluate",
+    "load_checkpoint",
+    "save_checkpoint",
+    "seed_everything",
+]

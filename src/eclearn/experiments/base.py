@@ -1,0 +1,82 @@
+"""The experiment plug-in contract the runner (``eclearn run``) drives.
+
+An experiment is a class with a pydantic ``Config`` and three methods. The runner owns
+everything generic — config validation, seeds, run directories, progress, checkpoints and
+resume, history export, generic figures, reports — so an application adds one module:
+
+- ``setup(config, context) -> Setup``: build data, model, problem and the
+  :class:`~eclearn.PrimalDual` solver, and say how long to train. It must be
+  deterministic given ``context.seed`` (the runner seeds all generators before calling it)
+  and must not train: the runner calls ``solver.fit`` (possibly after loading a checkpoint).
+- ``metrics(setup, result, context) -> dict``: final held-out results, a flat JSON object
+  with snake_case keys (numbers, strings, lists) — written to ``metrics.json``. The runner
+  adds ``experiment``, ``formulation``, ``seed`` and ``fit_seconds``.
+- ``figures(setup, result, figure_dir) -> list[Path]`` (optional): experiment-specific
+  figures; the runner already draws objective/Lagrangian, violations and multipliers.
+
+Configs subclass :class:`ExperimentConfig` (unknown keys are rejected). Presets are TOML
+files in ``eclearn/configs/`` naming their experiment (see ``eclearn.experiments.registry``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from eclearn.solver import Callback, FitResult, PrimalDual, StoppingRule
+
+__all__ = ["Experiment", "ExperimentConfig", "RunContext", "Setup"]
+
+
+class ExperimentConfig(BaseModel):
+    """Base of every experiment's config: strict (unknown keys and wrong types rejected)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    formulation: str = Field("lagrangian", description="which formulation this run trains")
+    checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
+
+
+@dataclass
+class RunContext:
+    """What the runner hands an experiment."""
+
+    seed: int
+    device: str
+    run_dir: Path
+    data_path: str | None = None
+    log: Any = print
+
+
+@dataclass
+class Setup:
+    """A ready-to-train run: the solver, its batches and its budget."""
+
+    solver: PrimalDual
+    train_batches: Iterable[Any]
+    epochs: int | None = None
+    max_steps: int | None = None
+    stopping: StoppingRule | None = None
+    callbacks: Sequence[Callback] = ()
+    state: dict[str, Any] = field(default_factory=dict)
+
+
+class Experiment:
+    """Base class; see the module docstring for the contract."""
+
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    Config: ClassVar[type[ExperimentConfig]] = ExperimentConfig
+
+    def setup(self, config: ExperimentConfig, context: RunContext) -> Setup:
+        raise NotImplementedError
+
+    def metrics(self, setup: Setup, result: FitResult, context: RunContext) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def figures(self, setup: Setup, result: FitResult, figure_dir: Path) -> list[Path]:
+        return []

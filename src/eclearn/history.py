@@ -6,12 +6,12 @@ into a small buffer on the training device and moved to the CPU a block at a tim
 recording costs no device synchronisation per step.
 
 Column names:
-``step``, ``epoch``, ``objective``, ``lagrangian``; for each average constraint component
+``step``, ``epoch``, ``lr`` (``lr/<g>`` for several parameter groups), ``objective``
+(NaN for feasibility problems), ``lagrangian`` (the primal loss); for each average constraint component
 ``value/<name>``, ``violation/<name>``, ``multiplier/<name>`` (``<name>[i]`` for vector
 constraints); for each pointwise constraint ``violation/<name>/mean_abs``,
 ``violation/<name>/max_abs`` (over the batch), ``multiplier/<name>/mean``,
-``multiplier/<name>/norm`` (over the whole table), ``multiplier/<name>/batch_max_abs``;
-``lr`` (``lr/<g>`` for several parameter groups).
+``multiplier/<name>/norm`` (over the whole table), ``multiplier/<name>/batch_max_abs``.
 """
 
 from __future__ import annotations

@@ -237,6 +237,7 @@ class PrimalDual:
         self._stop_reason: str | None = None
         self._last_row: Tensor | None = None
         self._pending_batches_state: Any = None
+        self._nan = torch.tensor(math.nan, device=self.device)
 
     # ------------------------------------------------------------------ set-up helpers
     def _build_rates_and_weights(self) -> None:
@@ -266,7 +267,10 @@ class PrimalDual:
         }
 
     def _columns(self) -> list[str]:
-        cols = ["step", "epoch", "objective", "lagrangian"]
+        groups = self.primal_optimizer.param_groups
+        cols = ["step", "epoch"]
+        cols += ["lr"] if len(groups) == 1 else [f"lr/{g}" for g in range(len(groups))]
+        cols += ["objective", "lagrangian"]
         names = [n for c in self.problem.average for n in c.component_names()]
         cols += [f"value/{n}" for n in names]
         cols += [f"violation/{n}" for n in names]
@@ -279,8 +283,6 @@ class PrimalDual:
                 f"multiplier/{c.name}/norm",
                 f"multiplier/{c.name}/batch_max_abs",
             ]
-        groups = self.primal_optimizer.param_groups
-        cols += ["lr"] if len(groups) == 1 else [f"lr/{g}" for g in range(len(groups))]
         return cols
 
     # ------------------------------------------------------------------ public API
@@ -519,35 +521,22 @@ class PrimalDual:
 
     @torch.no_grad()
     def _record(self, ev: Evaluation, lagrangian: Tensor, lrs: list[float]) -> None:
-        dtype = torch.float64
-        head = [float(self.step), float(self.epoch)]
+        """Append one history row (a single ``cat``; no device synchronisation)."""
+        head = torch.tensor([self.step, self.epoch, *lrs], dtype=torch.float64)
+        objective = ev.objective.detach() if ev.objective is not None else self._nan
         pieces = [
-            torch.tensor(head, dtype=dtype, device=self.device),
-            (
-                ev.objective.detach().reshape(1).to(dtype)
-                if ev.objective is not None
-                else torch.full((1,), math.nan, dtype=dtype, device=self.device)
-            ),
-            lagrangian.reshape(1).to(dtype),
+            head.to(self.device, non_blocking=True),
+            torch.stack([objective.to(lagrangian.dtype), lagrangian]),
         ]
         if self.dense.size:
-            flat = self.dense.flatten(ev.values).detach().to(dtype)
-            pieces += [flat, flat - self.dense.target.to(dtype), self.dense.value.to(dtype)]
+            flat = self.dense.flatten(ev.values).detach()
+            pieces += [flat, flat - self.dense.target.to(flat.dtype), self.dense.value]
         for name, table in self.indexed.items():
-            violation = (ev.values[name].detach() - table.target.to(ev.values[name].dtype)).abs()
-            mu = table.gather(ev.indices[name]).abs()
-            pieces.append(
-                torch.stack(
-                    [
-                        violation.mean().to(dtype),
-                        violation.max().to(dtype),
-                        *table.summary().to(dtype),
-                        mu.max().to(dtype),
-                    ]
-                )
-            )
-        pieces.append(torch.tensor(lrs, dtype=dtype, device=self.device))
-        row = torch.cat([p.to(self.device) for p in pieces])
+            value = ev.values[name].detach()
+            violation = (value - table.target.to(value.dtype)).abs()
+            mu = table.gather(ev.indices[name]).abs().max().reshape(1)
+            pieces += [violation.mean().reshape(1), violation.max().reshape(1), table.summary(), mu]
+        row = torch.cat([p.to(torch.float64) for p in pieces])
         self._last_row = row
         self.history.record(row)
 
@@ -669,6 +658,7 @@ class PrimalDual:
             for k, s in self.dual_state.items()
         }
         self._build_rates_and_weights()
+        self._nan = self._nan.to(self.device)
         return self
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from eclearn.distributed import Communicator
 from eclearn.problem import Problem
 from eclearn.ratio import Ratio
 
@@ -112,6 +113,7 @@ def evaluate(
     tolerance: float | Mapping[str, float] | None = None,
     inference: bool = True,
     device: torch.device | str | None = None,
+    process_group: Any = None,
 ) -> EvaluationReport:
     """Objective and constraints of ``model`` over ``batches`` (held-out data).
 
@@ -119,6 +121,8 @@ def evaluate(
     ``tolerance``: one number or ``{name: tol}``; default each constraint's own.
     ``inference=False`` keeps autograd on (for statistics built from input derivatives,
     such as PDE residuals). The model is put in eval mode and restored afterwards.
+    Under ``torch.distributed`` (or with ``process_group``) each rank passes its own shard
+    and the pooled sums are reduced across ranks: every rank gets the full-data report.
     """
     if isinstance(batches, Mapping):
         raise TypeError(
@@ -157,6 +161,36 @@ def evaluate(
                     pointwise[c.name].append(ev.values[c.name].detach().double().cpu())
     finally:
         model.train(was_training)
+    comm = Communicator.detect(process_group)
+    if comm is not None:
+        names = [c.name for c in problem.average]
+        packed = torch.cat(
+            [
+                torch.tensor(
+                    [objective_sum, objective_weight, total, has_objective], dtype=torch.float64
+                )
+            ]
+            + [torch.as_tensor(sums[n]).reshape(-1) for n in names]
+            + [torch.as_tensor(weights[n]).reshape(-1) for n in names]
+        )
+        packed = comm.all_reduce_sum(packed)
+        objective_sum, objective_weight = float(packed[0]), int(packed[1])
+        total, has_objective = int(packed[2]), bool(packed[3])
+        offset = 4
+        for store in (sums, weights):
+            for c in problem.average:
+                store[c.name] = packed[offset : offset + c.size]
+                offset += c.size
+        for c in problem.pointwise:
+            local = (
+                torch.cat(pointwise[c.name]).reshape(-1) if pointwise[c.name] else torch.zeros(0)
+            )
+            lengths = comm.all_reduce_sum(
+                torch.nn.functional.one_hot(torch.tensor(comm.rank), comm.world_size).double()
+                * local.numel()
+            )
+            pieces = comm.all_gather_padded(local.double(), [int(n) for n in lengths.tolist()])
+            pointwise[c.name] = [torch.cat(pieces).reshape(-1, c.size)]
     if total == 0:
         raise ValueError("evaluate: the batch iterable produced no batches")
     reports: dict[str, ConstraintReport] = {}

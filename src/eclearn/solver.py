@@ -29,6 +29,7 @@ from torch import Tensor, nn
 from eclearn import _rng
 from eclearn._io import load_checkpoint, save_checkpoint
 from eclearn.diagnostics import Diagnostic, DiagnosticWarning, diagnose
+from eclearn.distributed import Communicator
 from eclearn.dual import Adam, DualOptimizer
 from eclearn.formulations import Formulation, Lagrangian
 from eclearn.history import History
@@ -152,6 +153,11 @@ class PrimalDual:
         device: where the model, multipliers and batches live (default: the model's).
         dtype: dtype of the multipliers and dual state (default float32).
         grad_clip: optional max norm for the primal gradients.
+        process_group: the ``torch.distributed`` group to reduce over (default: the
+            global group when one is initialised with more than one process).
+        autocast: run ``evaluate`` under ``torch.autocast`` with this dtype
+            (``torch.bfloat16``/``torch.float16``; fp16 adds a gradient scaler).
+            Multipliers and dual updates stay in ``dtype``.
     """
 
     def __init__(
@@ -169,6 +175,8 @@ class PrimalDual:
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
         grad_clip: float | None = None,
+        process_group: Any = None,
+        autocast: torch.dtype | None = None,
     ) -> None:
         if not isinstance(problem, Problem):
             raise TypeError(f"PrimalDual needs an ecl.Problem, got {type(problem).__name__}")
@@ -212,6 +220,15 @@ class PrimalDual:
         self.device = torch.device(device)
         self.model.to(self.device)
         self.dtype = dtype
+        if autocast not in (None, torch.bfloat16, torch.float16):
+            raise ValueError(
+                f"autocast must be None, torch.bfloat16 or torch.float16, got {autocast}"
+            )
+        self.autocast = autocast
+        self.scaler = torch.amp.GradScaler(self.device.type) if autocast == torch.float16 else None
+        self.comm = Communicator.detect(process_group)
+        if self.comm is not None:
+            self.comm.check_same(problem.fingerprint(), "the declared constraints")
 
         self.dense = DenseMultipliers(problem.average, dtype=dtype, device=self.device)
         self.indexed = {
@@ -465,35 +482,189 @@ class PrimalDual:
             raise ProblemError("the problem has no objective and no constraints: nothing to train")
         return loss, parts
 
+    def _evaluate(self, batch: Mapping[str, Any], step: int, grad: bool = True) -> Evaluation:
+        with torch.set_grad_enabled(grad):
+            if self.autocast is None:
+                return self.problem(self.model, batch, exact=False, step=step)
+            with torch.autocast(self.device.type, dtype=self.autocast):
+                return self.problem(self.model, batch, exact=False, step=step)
+
     def _train_step(self, batch: Mapping[str, Any]) -> None:
         step = self.step + 1
         batch = _move(batch, self.device)
-        ev = self.problem(self.model, batch, exact=False, step=step)
+        ev = self._evaluate(batch, step)
         for name, table in self.indexed.items():
             _check_indices(table, ev.indices[name], f"step {step}")
-        loss, parts = self._primal_loss(ev)
-        if not bool(torch.isfinite(loss.detach())):
+        if self.comm is None:
+            loss, parts = self._primal_loss(ev)
+            lagrangian = loss.detach()
+            step_ev = ev
+        else:
+            step_ev, loss, lagrangian = self._globalize(ev, step, with_loss=True)
+            parts = {"objective": lagrangian, **step_ev.values}
+        if not bool(torch.isfinite(lagrangian)):
             check_finite(parts, f"step {step}")
             check_finite({"multipliers": self.dense.value}, f"step {step}")
             raise ProblemError(
-                f"step {step}: the Lagrangian is {loss.item()}; lower the learning "
+                f"step {step}: the Lagrangian is {lagrangian.item()}; lower the learning "
                 "rates or check the constraint scales"
             )
         self.primal_optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+        if self.comm is not None and not isinstance(
+            self.model, nn.parallel.DistributedDataParallel
+        ):
+            self.comm.average_gradients(self.model.parameters())
+        if self.scaler is not None:
+            self.scaler.unscale_(self.primal_optimizer)
         if self.grad_clip is not None:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.primal_optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.primal_optimizer)
+            self.scaler.update()
+        else:
+            self.primal_optimizer.step()
         if self.scheduler is not None and self.scheduler_interval == "step":
             self.scheduler.step()
         self.step = step
         lrs = [g["lr"] for g in self.primal_optimizer.param_groups]
         if self.formulation.updates_multipliers and step % self.primal_steps == 0:
             if self.mode == "alternating":
-                with torch.no_grad():
-                    ev = self.problem(self.model, batch, exact=False, step=step)
-            self._dual_step(ev)
-        self._record(ev, loss.detach(), lrs)
+                fresh = self._evaluate(batch, step, grad=False)
+                step_ev = fresh if self.comm is None else self._globalize(fresh, step)[0]
+            self._dual_step(step_ev)
+        self._record(step_ev, lagrangian, lrs)
+
+    def _globalize(
+        self, ev: Evaluation, step: int, with_loss: bool = False
+    ) -> tuple[Evaluation, Tensor | None, Tensor]:
+        """Make a rank's statistics global (one all_reduce + one all_gather) and, with
+        ``with_loss``, build the rank's primal loss whose DDP-averaged gradient is the
+        gradient of the global Lagrangian (see :mod:`eclearn.distributed`)."""
+        comm = self.comm
+        assert comm is not None
+        world, rank = comm.world_size, comm.rank
+        f64 = torch.float64
+        size = float(ev.batch_size)
+        has_objective = ev.objective is not None
+        obj = (
+            ev.objective.detach().to(f64) * size
+            if has_objective
+            else self._nan.new_zeros((), dtype=f64)
+        )
+        pieces = [obj.reshape(1), torch.tensor([size], dtype=f64, device=self.device)]
+        nums, dens = [], []
+        for c in self.problem.average:
+            if c.name in ev.ratios:
+                nums.append(ev.ratios[c.name].numerator)
+                dens.append(ev.ratios[c.name].denominator.to(ev.ratios[c.name].numerator.dtype))
+            else:
+                nums.append(ev.values[c.name] * size)
+                dens.append(torch.full_like(ev.values[c.name], size).detach())
+        if nums:
+            pieces += [torch.cat(nums).detach().to(f64), torch.cat(dens).detach().to(f64)]
+        local_terms = {}
+        for name, table in self.indexed.items():
+            value = ev.values[name]
+            violation = value - table.target.to(value.dtype)
+            mu = table.gather(ev.indices[name]).to(value.dtype)
+            local_terms[name] = self.formulation.term(
+                violation, mu, self.pointwise_inequality[name], self.pointwise_weight[name]
+            ).sum()
+            counts = torch.zeros(world, dtype=f64, device=self.device)
+            counts[rank] = float(ev.indices[name].numel())
+            pieces += [counts, local_terms[name].detach().to(f64).reshape(1)]
+        total = comm.all_reduce_sum(torch.cat(pieces))
+
+        offset = 2
+        global_size = float(total[1])
+        objective = total[0] / global_size if has_objective else None
+        values: dict[str, Tensor] = {}
+        loss: Tensor | None = None
+        lagrangian = objective if objective is not None else total.new_zeros(())
+        if has_objective and with_loss:
+            loss = ev.objective * (world * size / global_size)
+        if nums:
+            n = self.dense.size
+            num_g, den_g = total[offset : offset + n], total[offset + n : offset + 2 * n]
+            offset += 2 * n
+            safe = torch.where(den_g == 0, torch.ones_like(den_g), den_g)
+            value_g = torch.where(den_g == 0, torch.zeros_like(num_g), num_g / safe)
+            for c in self.problem.average:
+                values[c.name] = value_g[self.dense.slices[c.name]].to(self.dense.value.dtype)
+            leaf = value_g.detach().to(self.dense.value.dtype).requires_grad_(True)
+            with torch.enable_grad():
+                term = self.formulation.term(
+                    leaf - self.dense.target,
+                    self.dense.value,
+                    self.dense.inequality,
+                    self.dense_weight,
+                ).sum()
+                (slope,) = torch.autograd.grad(term, leaf)
+            lagrangian = lagrangian + term.detach().to(f64)
+            if with_loss:
+                local = torch.cat(nums)
+                surrogate = (
+                    world
+                    * (local - value_g.to(local.dtype) * torch.cat(dens))
+                    / safe.to(local.dtype)
+                )
+                piece = (slope.to(local.dtype) * surrogate).sum()
+                loss = piece if loss is None else loss + piece
+        lengths = [0] * world
+        counts_by_name = {}
+        for name, table in self.indexed.items():
+            counts = total[offset : offset + world]
+            global_terms = total[offset + world]
+            offset += world + 1
+            count = float(counts.sum())
+            counts_by_name[name] = [int(x) for x in counts.tolist()]
+            lagrangian = lagrangian + global_terms / max(count, 1.0)
+            for r in range(world):
+                lengths[r] += counts_by_name[name][r] * (1 + table.width)
+            if with_loss:
+                piece = local_terms[name] * (world / max(count, 1.0))
+                loss = piece if loss is None else loss + piece
+        indices: dict[str, Tensor] = {}
+        if self.indexed:
+            payload = torch.cat(
+                [
+                    torch.cat(
+                        [ev.indices[name].to(f64), ev.values[name].detach().reshape(-1).to(f64)]
+                    )
+                    for name in self.indexed
+                ]
+            )
+            gathered = comm.all_gather_padded(payload, lengths)
+            parts: dict[str, tuple[list[Tensor], list[Tensor]]] = {
+                n: ([], []) for n in self.indexed
+            }
+            for r, chunk in enumerate(gathered):
+                pos = 0
+                for name, table in self.indexed.items():
+                    k = counts_by_name[name][r]
+                    parts[name][0].append(chunk[pos : pos + k].long())
+                    pos += k
+                    parts[name][1].append(
+                        chunk[pos : pos + k * table.width].reshape(k, table.width)
+                    )
+                    pos += k * table.width
+            for name in self.indexed:
+                indices[name] = torch.cat(parts[name][0])
+                values[name] = torch.cat(parts[name][1]).to(self.dtype)
+                if torch.unique(indices[name]).numel() != indices[name].numel():
+                    raise ProblemError(
+                        f"step {step}: pointwise constraint {name!r} got the same sample id on "
+                        "more than one rank in one step; shard the data so each id is seen by "
+                        "one rank per step (e.g. DistributedSampler or ecl.distributed.ShardedBatches)"
+                    )
+        if with_loss and loss is None:
+            raise ProblemError("the problem has no objective and no constraints: nothing to train")
+        global_ev = Evaluation(objective, values, {}, indices, int(global_size))
+        return global_ev, loss, lagrangian.reshape(())
 
     @torch.no_grad()
     def _dual_step(self, ev: Evaluation) -> None:
@@ -574,6 +745,7 @@ class PrimalDual:
             "model": _unwrap(self.model).state_dict(),
             "primal_optimizer": self.primal_optimizer.state_dict(),
             "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
+            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
             "multipliers": {
                 _DENSE: self.dense.state_dict(),
                 **{name: t.state_dict() for name, t in self.indexed.items()},
@@ -612,6 +784,8 @@ class PrimalDual:
         self.primal_optimizer.load_state_dict(state["primal_optimizer"])
         if self.scheduler is not None and state["scheduler"] is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("grad_scaler") is not None:
+            self.scaler.load_state_dict(state["grad_scaler"])
         self.dense.load_state_dict(state["multipliers"][_DENSE])
         for name, table in self.indexed.items():
             table.load_state_dict(state["multipliers"][name])
@@ -630,8 +804,12 @@ class PrimalDual:
         self._pending_batches_state = state.get("batches")
 
     def save(self, path: str) -> None:
-        """Write :meth:`state_dict` atomically with ``torch.save``."""
-        save_checkpoint(self.state_dict(), path)
+        """Write :meth:`state_dict` atomically with ``torch.save`` (rank 0 only when
+        distributed; the other ranks wait for it)."""
+        if self.comm is None or self.comm.rank == 0:
+            save_checkpoint(self.state_dict(), path)
+        if self.comm is not None:
+            self.comm.barrier()
 
     def load(self, path: str) -> None:
         """Load a checkpoint written by :meth:`save` (``weights_only=True``)."""

@@ -9,12 +9,14 @@ from eclearn import dual
 from eclearn._io import load_checkpoint, save_checkpoint
 from eclearn._rng import seed_everything
 from eclearn.batches import Batches
+from eclearn.certify import Certificate, certify, check_sensitivity, duality_gap
 from eclearn.diagnostics import Diagnostic, DiagnosticWarning
 from eclearn.evaluation import ConstraintReport, EvaluationReport, evaluate
 from eclearn.formulations import AugmentedLagrangian, Formulation, Lagrangian, Penalty
 from eclearn.history import History
 from eclearn.problem import Constraint, Equality, Inequality, Problem, ProblemError
 from eclearn.ratio import Ratio
+from eclearn.recovery import CandidateRecorder, MixtureModel, Recovered, recover
 from eclearn.solver import Callback, FitResult, PrimalDual, StoppingRule
 
 __version__ = "0.1.0"
@@ -23,6 +25,8 @@ __all__ = [
     "AugmentedLagrangian",
     "Batches",
     "Callback",
+    "CandidateRecorder",
+    "Certificate",
     "Constraint",
     "ConstraintReport",
     "Diagnostic",
@@ -34,16 +38,22 @@ __all__ = [
     "History",
     "Inequality",
     "Lagrangian",
+    "MixtureModel",
     "Penalty",
     "PrimalDual",
     "Problem",
     "ProblemError",
     "Ratio",
+    "Recovered",
     "StoppingRule",
     "__version__",
+    "certify",
+    "check_sensitivity",
     "dual",
+    "duality_gap",
     "evaluate",
     "load_checkpoint",
+    "recover",
     "save_checkpoint",
     "seed_everything",
 ]

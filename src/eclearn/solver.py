@@ -313,6 +313,40 @@ class PrimalDual:
             out[name] = t.squeeze(1) if table.width == 1 else t
         return out
 
+    def set_multipliers(self, multipliers: Mapping[str, Tensor]) -> None:
+        """Overwrite multipliers by name (shapes as in :attr:`multipliers`)."""
+        for name, value in multipliers.items():
+            if name in self.dense.slices:
+                target = self.dense.value[self.dense.slices[name]]
+                target.copy_(torch.as_tensor(value, dtype=self.dtype).reshape(target.shape))
+            elif name in self.indexed:
+                table = self.indexed[name]
+                table.load_state_dict(
+                    {"table": torch.as_tensor(value, dtype=self.dtype).reshape(table.table.shape)}
+                )
+            else:
+                raise KeyError(f"no constraint {name!r}; declared: {sorted(self.problem.by_name)}")
+        self.dense.project_()
+
+    def lagrangian(self, batches: Iterable[Mapping[str, Any]], inference: bool = True) -> float:
+        """The formulation's primal loss at the current model and multipliers, averaged over
+        ``batches`` weighted by batch size (no training; autograd on if ``inference=False``)."""
+        total, weight = 0.0, 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for batch in batches:
+                with torch.set_grad_enabled(not inference):
+                    ev = self.problem(self.model, _move(batch, self.device), exact=False)
+                    loss, _ = self._primal_loss(ev)
+                total += float(loss.detach()) * ev.batch_size
+                weight += ev.batch_size
+        finally:
+            self.model.train(was_training)
+        if weight == 0:
+            raise ValueError("lagrangian: the batch iterable produced no batches")
+        return total / weight
+
     def latest(self) -> dict[str, float]:
         """The most recent history row as a dict (synchronises with the device)."""
         if self._last_row is None:

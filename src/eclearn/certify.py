@@ -1,0 +1,416 @@
+"""Certificates: how far to trust the constraints, and what the multipliers say.
+
+``certify`` reads a trained model and its multipliers and reports, per constraint:
+
+- the training value and the held-out value with a confidence interval — a bootstrap over
+  the held-out batches (pass small batches, ideally single samples, for a sample bootstrap;
+  statistics are pooled as sums so ``ecl.Ratio`` values stay exact) or, for statistics
+  the user declares bounded, Hoeffding's interval;
+- a verdict at the declared tolerance: *satisfied* (the whole interval is within
+  tolerance), *violated* (none of it is), *cannot tell* (otherwise);
+- the sensitivity: by the envelope theorem the optimal objective moves by ``−μ Δb`` when
+  an equality's right-hand side moves by ``Δb``, and by ``−λ Δc`` when an inequality's
+  bound is raised by ``Δc``; relaxing a constraint by ``δ`` therefore improves the optimum
+  by about ``|μ| δ``. :func:`check_sensitivity` re-solves with the constraint relaxed to
+  check that first-order prediction;
+- the empirical duality gap: the model's training objective minus ``min_θ L(θ, μ)`` at the
+  final multipliers, estimated by further primal steps with the multipliers frozen.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from eclearn.dual import SGD
+from eclearn.evaluation import evaluate
+from eclearn.problem import Constraint, Equality, Inequality, Problem
+from eclearn.ratio import Ratio
+
+__all__ = [
+    "Certificate",
+    "ConstraintCertificate",
+    "SensitivityCheck",
+    "certify",
+    "check_sensitivity",
+    "duality_gap",
+    "relaxed_problem",
+]
+
+SATISFIED, VIOLATED, UNSURE = "satisfied", "violated", "cannot tell"
+
+
+@dataclass
+class ConstraintCertificate:
+    name: str
+    kind: str
+    tolerance: float
+    train_value: list[float]
+    heldout_value: list[float]
+    interval: list[tuple[float, float]]
+    method: str
+    verdicts: list[str]
+    multiplier: list[float]
+    price: list[float]
+
+    @property
+    def verdict(self) -> str:
+        if all(v == SATISFIED for v in self.verdicts):
+            return SATISFIED
+        if any(v == VIOLATED for v in self.verdicts):
+            return VIOLATED
+        return UNSURE
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "tolerance": self.tolerance,
+            "train_value": self.train_value,
+            "heldout_value": self.heldout_value,
+            "interval": [list(i) for i in self.interval],
+            "method": self.method,
+            "verdicts": self.verdicts,
+            "verdict": self.verdict,
+            "multiplier": self.multiplier,
+            "price_per_unit_relaxation": self.price,
+        }
+
+
+@dataclass
+class Certificate:
+    confidence: float
+    constraints: dict[str, ConstraintCertificate]
+    train_objective: float | None
+    heldout_objective: float | None
+    duality_gap: dict[str, Any] | None = None
+    sensitivity_checks: list[dict[str, Any]] = field(default_factory=list)
+    pointwise: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def summary(self, delta: float | None = None) -> str:
+        """Plain words: what holds at this confidence and what relaxing would buy."""
+        level = f"{self.confidence:.0%}"
+        groups: dict[str, list[str]] = {SATISFIED: [], VIOLATED: [], UNSURE: []}
+        for name, c in self.constraints.items():
+            groups[c.verdict].append(f"{name} ({len(c.verdicts)})" if len(c.verdicts) > 1 else name)
+        parts = []
+        if groups[SATISFIED]:
+            parts.append(
+                f"{', '.join(groups[SATISFIED])} hold on held-out data at {level} confidence"
+            )
+        if groups[VIOLATED]:
+            parts.append(
+                f"{', '.join(groups[VIOLATED])} are violated on held-out data at {level} confidence"
+            )
+        if groups[UNSURE]:
+            parts.append(
+                f"for {', '.join(groups[UNSURE])} the held-out data cannot tell at "
+                f"{level} confidence"
+            )
+        sentences = ["; ".join(parts) + "." if parts else "no constraints."]
+        for name, c in self.constraints.items():
+            if not c.price:
+                continue
+            price = max(c.price)
+            step = delta if delta is not None else max(c.tolerance, 1e-2)
+            sentences.append(
+                f"Relaxing {name} by {step:g} would improve the optimal objective by about "
+                f"{price * step:.3g} (largest |multiplier| {price:.3g})."
+            )
+        if self.duality_gap is not None:
+            gap = self.duality_gap
+            text = f"Empirical duality gap ≈ {gap['gap']:.3g}"
+            if not gap["feasible"]:
+                text += " (the model is not feasible on training data: the gap is not a bound)"
+            sentences.append(text + ".")
+        return " ".join(sentences)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "confidence": self.confidence,
+            "summary": self.summary(),
+            "train_objective": self.train_objective,
+            "heldout_objective": self.heldout_objective,
+            "constraints": {n: c.to_dict() for n, c in self.constraints.items()},
+            "pointwise": self.pointwise,
+            "duality_gap": self.duality_gap,
+            "sensitivity_checks": self.sensitivity_checks,
+        }
+
+
+def _block_sums(
+    problem: Problem, model: nn.Module, batches: Iterable[Mapping[str, Any]], inference: bool
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per batch, each average constraint's (numerator, denominator) sums."""
+    parts: dict[str, tuple[list[np.ndarray], list[np.ndarray]]] = {
+        c.name: ([], []) for c in problem.average
+    }
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad() if inference else torch.enable_grad():
+            for batch in batches:
+                ev = problem(model, batch, exact=True)
+                size = float(ev.batch_size)
+                for c in problem.average:
+                    if c.name in ev.ratios:
+                        r: Ratio = ev.ratios[c.name]
+                        num, den = r.numerator.detach(), r.denominator.detach()
+                    else:
+                        num = ev.values[c.name].detach() * size
+                        den = torch.full_like(num, size)
+                    parts[c.name][0].append(num.double().cpu().numpy())
+                    parts[c.name][1].append(den.double().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return {n: (np.stack(a), np.stack(b)) for n, (a, b) in parts.items() if a}
+
+
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den == 0, 0.0, num / np.where(den == 0, 1.0, den))
+
+
+def _verdict(constraint: Constraint, low: float, high: float, tol: float) -> str:
+    if constraint.is_equality:
+        if -tol <= low and high <= tol:
+            return SATISFIED
+        if high < -tol or low > tol:
+            return VIOLATED
+        return UNSURE
+    if high <= tol:
+        return SATISFIED
+    if low > tol:
+        return VIOLATED
+    return UNSURE
+
+
+def certify(
+    problem: Problem,
+    model: nn.Module,
+    multipliers: Mapping[str, Tensor],
+    train_batches: Iterable[Mapping[str, Any]],
+    heldout_batches: Iterable[Mapping[str, Any]],
+    *,
+    confidence: float = 0.95,
+    method: str = "bootstrap",
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    n_resamples: int = 2000,
+    seed: int = 0,
+    tolerance: float | Mapping[str, float] | None = None,
+    inference: bool = True,
+    gap: Mapping[str, Any] | None = None,
+) -> Certificate:
+    """Certificate of ``model`` (see the module docstring).
+
+    ``method="bootstrap"`` resamples held-out batches (pass small batches, e.g.
+    ``ecl.Batches(data, batch_size=1, shuffle=False)``, for a per-sample bootstrap);
+    ``method="hoeffding"`` needs ``bounds={name: (low, high)}`` for every average
+    constraint (the range of one sample's contribution) and uses each component's count.
+    ``gap``: keyword arguments for :func:`duality_gap` (omit to skip it).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must lie in (0, 1), got {confidence}")
+    if method not in ("bootstrap", "hoeffding"):
+        raise ValueError(f"method must be 'bootstrap' or 'hoeffding', got {method!r}")
+    if method == "hoeffding":
+        missing = [c.name for c in problem.average if not bounds or c.name not in bounds]
+        if missing:
+            raise ValueError(
+                f"Hoeffding intervals need bounds={{name: (low, high)}} for {missing}: the range "
+                "of one sample's value (use method='bootstrap' when it is not bounded)"
+            )
+    train = evaluate(problem, model, train_batches, exact=True, inference=inference)
+    heldout_list = list(heldout_batches)
+    heldout = evaluate(problem, model, heldout_list, exact=True, inference=inference)
+    sums = _block_sums(problem, model, heldout_list, inference)
+    rng = np.random.default_rng(seed)
+    alpha = 1 - confidence
+    blocks = len(heldout_list)
+    draws = rng.integers(0, blocks, size=(n_resamples, blocks)) if method == "bootstrap" else None
+    certificates: dict[str, ConstraintCertificate] = {}
+    for c in problem.average:
+        tol = c.tolerance
+        if isinstance(tolerance, Mapping):
+            tol = float(tolerance.get(c.name, tol))
+        elif tolerance is not None:
+            tol = float(tolerance)
+        num, den = sums[c.name]
+        point = _ratio(num.sum(0), den.sum(0))
+        target = c.target.numpy()
+        if method == "bootstrap":
+            assert draws is not None
+            boot = _ratio(num[draws].sum(1), den[draws].sum(1))  # [resamples, size]
+            low = np.quantile(boot, alpha / 2, axis=0)
+            high = np.quantile(boot, 1 - alpha / 2, axis=0)
+        else:
+            assert bounds is not None
+            a, b = bounds[c.name]
+            count = np.maximum(den.sum(0), 1.0)
+            half = (b - a) * np.sqrt(np.log(2 / alpha) / (2 * count))
+            low, high = point - half, point + half
+        mu = multipliers[c.name].detach().double().reshape(-1).cpu().numpy()
+        intervals = [
+            (float(lo - t), float(hi - t)) for lo, hi, t in zip(low, high, target, strict=True)
+        ]
+        certificates[c.name] = ConstraintCertificate(
+            name=c.name,
+            kind=c.kind,
+            tolerance=tol,
+            train_value=train[c.name].value.reshape(-1).tolist(),
+            heldout_value=point.tolist(),
+            interval=[(float(lo), float(hi)) for lo, hi in zip(low, high, strict=True)],
+            method=method,
+            verdicts=[_verdict(c, lo, hi, tol) for lo, hi in intervals],
+            multiplier=mu.tolist(),
+            price=np.abs(mu).tolist(),
+        )
+    pointwise = {
+        c.name: {
+            **heldout[c.name].extra,
+            "train_fraction_satisfied": train[c.name].extra["fraction_satisfied"],
+            "multiplier_mean_abs": float(multipliers[c.name].abs().mean()),
+        }
+        for c in problem.pointwise
+        if c.name in multipliers
+    }
+    gap_report = None
+    if gap is not None:
+        gap_report = duality_gap(
+            problem,
+            model,
+            multipliers,
+            train_batches=gap["batches"],
+            **{k: v for k, v in gap.items() if k != "batches"},
+        )
+    return Certificate(
+        confidence,
+        certificates,
+        train.objective,
+        heldout.objective,
+        gap_report,
+        pointwise=pointwise,
+    )
+
+
+def relaxed_problem(
+    problem: Problem, name: str, delta: float, multipliers: Mapping[str, Tensor]
+) -> Problem:
+    """The same problem with constraint ``name`` relaxed by ``delta`` in the direction that
+    lowers the optimum: an inequality's bound raised by δ, an equality's right-hand side
+    moved by ``δ·sign(μ)`` (so the predicted change is ``−|μ| δ``)."""
+    if name not in problem.by_name:
+        raise KeyError(f"no constraint {name!r}; declared: {sorted(problem.by_name)}")
+    constraints = []
+    for c in problem.constraints:
+        if c.name == name:
+            mu = multipliers[name].detach().double().reshape(-1).cpu()
+            if c.is_equality:
+                shift = delta * torch.sign(mu) if not c.pointwise else delta * torch.ones(c.size)
+                c = Equality(
+                    c.name,
+                    c.size,
+                    rhs=c.target + shift,
+                    pointwise=c.pointwise,
+                    num_samples=c.num_samples,
+                    index_key=c.index_key,
+                    init=c.init,
+                    lr=c.lr,
+                    tolerance=c.tolerance,
+                )
+            else:
+                c = Inequality(
+                    c.name,
+                    c.size,
+                    bound=c.target + delta,
+                    pointwise=c.pointwise,
+                    num_samples=c.num_samples,
+                    index_key=c.index_key,
+                    init=c.init,
+                    lr=c.lr,
+                    tolerance=c.tolerance,
+                )
+        constraints.append(c)
+    return Problem(problem.evaluate_fn, constraints)
+
+
+@dataclass
+class SensitivityCheck:
+    constraint: str
+    delta: float
+    predicted_change: float
+    resolved_change: float
+    baseline_objective: float
+    relaxed_objective: float
+
+    def to_dict(self) -> dict[str, float | str]:
+        return dict(self.__dict__)
+
+
+def check_sensitivity(
+    problem: Problem,
+    name: str,
+    delta: float,
+    multipliers: Mapping[str, Tensor],
+    solve: Callable[[Problem], float],
+    baseline_objective: float | None = None,
+) -> SensitivityCheck:
+    """Re-solve with ``name`` relaxed by ``delta`` and compare with the first-order prediction
+    ``−Σ|μ|·δ``. ``solve(problem) -> objective`` trains a fresh model on the given problem
+    (same data, budget and seed as the original run) and returns its training objective."""
+    baseline = solve(problem) if baseline_objective is None else baseline_objective
+    relaxed = solve(relaxed_problem(problem, name, delta, multipliers))
+    mu = multipliers[name].detach().double().abs()
+    if problem.by_name[name].pointwise:
+        # mean form (1/N) Σ μ_i h_i: each sample's constraint weighs 1/N
+        predicted = -float(mu.reshape(mu.shape[0], -1).mean(0).sum()) * delta
+    else:
+        predicted = -float(mu.sum()) * delta
+    return SensitivityCheck(name, delta, predicted, relaxed - baseline, baseline, relaxed)
+
+
+def duality_gap(
+    problem: Problem,
+    model: nn.Module,
+    multipliers: Mapping[str, Tensor],
+    batches: Iterable[Mapping[str, Any]],
+    *,
+    steps: int = 200,
+    optimizer: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] | None = None,
+    tolerance: float | None = None,
+    inference: bool = True,
+) -> dict[str, Any]:
+    """Training objective of ``model`` minus an estimate of the dual function
+    ``d(μ) = min_θ L(θ, μ)`` (``steps`` further primal steps on a copy of the model with the
+    multipliers frozen, then the Lagrangian averaged over ``batches``)."""
+    from eclearn.solver import PrimalDual
+
+    batches = list(batches)
+    copy_model = copy.deepcopy(model)
+    make = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+    dtype = next(iter(multipliers.values())).dtype if multipliers else torch.float32
+    solver = PrimalDual(problem, copy_model, make(copy_model.parameters()), SGD(0.0), dtype=dtype)
+    solver.set_multipliers(multipliers)
+    lagrangian_at_model = solver.lagrangian(batches, inference=inference)
+    solver.fit(batches, max_steps=steps, warn=False)
+    dual_value = min(solver.lagrangian(batches, inference=inference), lagrangian_at_model)
+    report = evaluate(
+        problem, model, batches, exact=False, tolerance=tolerance, inference=inference
+    )
+    objective = report.objective if report.objective is not None else 0.0
+    gap = objective - dual_value
+    return {
+        "primal_objective": objective,
+        "dual_value": dual_value,
+        "gap": gap,
+        "lagrangian_at_model": lagrangian_at_model,
+        "feasible": report.feasible,
+        "steps": steps,
+        "finite": math.isfinite(gap),
+    }

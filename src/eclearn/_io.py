@@ -15,6 +15,9 @@ import torch
 
 __all__ = ["atomic_write", "atomic_write_text", "load_checkpoint", "save_checkpoint"]
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]) -> Path:
     """Call ``write(handle)`` on a temporary file and move it to ``path`` when it succeeded."""
@@ -22,6 +25,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[IO[bytes]], Any]
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual file mode
         with os.fdopen(fd, "wb") as handle:
             write(handle)
             handle.flush()

@@ -131,7 +131,7 @@ def evaluate(
     dev = torch.device(device) if device is not None else None
     was_training = model.training
     model.eval()
-    objective_sum, objective_weight = 0.0, 0
+    objective_sum, objective_weight = 0.0, 0.0
     has_objective = False
     sums: dict[str, Tensor] = {}
     weights: dict[str, Tensor] = {}
@@ -146,8 +146,12 @@ def evaluate(
                 total += size
                 if ev.objective is not None:
                     has_objective = True
-                    objective_sum += float(ev.objective.detach()) * size
-                    objective_weight += size
+                    if "objective" in ev.ratios:  # pooled by its sums, like constraints
+                        objective_sum += float(ev.ratios["objective"].numerator.detach())
+                        objective_weight += float(ev.ratios["objective"].denominator.detach())
+                    else:
+                        objective_sum += float(ev.objective.detach()) * size
+                        objective_weight += size
                 for c in problem.average:
                     if c.name in ev.ratios:
                         num = ev.ratios[c.name].numerator.detach().double().cpu()
@@ -174,7 +178,7 @@ def evaluate(
             + [torch.as_tensor(weights[n]).reshape(-1) for n in names]
         )
         packed = comm.all_reduce_sum(packed)
-        objective_sum, objective_weight = float(packed[0]), int(packed[1])
+        objective_sum, objective_weight = float(packed[0]), float(packed[1])
         total, has_objective = int(packed[2]), bool(packed[3])
         offset = 4
         for store in (sums, weights):

@@ -160,6 +160,8 @@ class History:
 def _format(value: float) -> str:
     if math.isnan(value):
         return ""
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))

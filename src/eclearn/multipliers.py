@@ -151,9 +151,15 @@ class IndexedMultipliers:
         self.sum_sq = self.sum_sq.to(device=device)
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"table": self.table.detach().clone()}
+        return {
+            "table": self.table.detach().clone(),
+            "sum": self.sum.clone(),
+            "sum_sq": self.sum_sq.clone(),
+        }
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore the table (and the running sums when present, so summaries resume
+        bit for bit; without them they are recomputed from the table)."""
         table = state["table"]
         if table.shape != self.table.shape:
             raise ProblemError(
@@ -161,4 +167,8 @@ class IndexedMultipliers:
                 f"{tuple(table.shape)}, the problem declares {tuple(self.table.shape)}"
             )
         self.table = table.to(self.table)
-        self._refresh_sums()
+        if "sum" in state:
+            self.sum = state["sum"].to(self.sum)
+            self.sum_sq = state["sum_sq"].to(self.sum_sq)
+        else:
+            self._refresh_sums()

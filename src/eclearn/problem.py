@@ -326,8 +326,12 @@ class Problem:
                 f"{where}: evaluate did not return the declared constraint(s) {missing}"
             )
         objective = out.get(OBJECTIVE)
+        ratios: dict[str, Ratio] = {}
         if objective is not None:
             if isinstance(objective, Ratio):
+                ratios[OBJECTIVE] = Ratio(
+                    objective.numerator.reshape(()), objective.denominator.reshape(())
+                )
                 objective = objective.value
             if not isinstance(objective, Tensor) or objective.numel() != 1:
                 raise ProblemError(
@@ -336,7 +340,6 @@ class Problem:
                 )
             objective = objective.reshape(())
         values: dict[str, Tensor] = {}
-        ratios: dict[str, Ratio] = {}
         indices: dict[str, Tensor] = {}
         size = _batch_size(batch)
         for c in self.constraints:

@@ -16,6 +16,7 @@ epochs/steps. ``state_dict`` holds everything needed to resume bit for bit on CP
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
@@ -207,6 +208,12 @@ class PrimalDual:
                 "dual_optimizer must be an eclearn.dual optimizer (ecl.dual.SGD, "
                 f"ecl.dual.Adam, ecl.dual.NuPI), got {type(dual_optimizer).__name__}"
             )
+        unknown = sorted(set(self.dual_optimizer.lrs) - set(problem.by_name) - {"default"})
+        if unknown:
+            raise ProblemError(
+                f"the dual learning-rate mapping names {unknown}, which the problem does not "
+                f"declare; declared: {sorted(problem.by_name)} (and 'default')"
+            )
         self.formulation = formulation if formulation is not None else Lagrangian()
         self.formulation.bind(problem.constraints)
         self.primal_steps = primal_steps
@@ -321,9 +328,8 @@ class PrimalDual:
                 target.copy_(torch.as_tensor(value, dtype=self.dtype).reshape(target.shape))
             elif name in self.indexed:
                 table = self.indexed[name]
-                table.load_state_dict(
-                    {"table": torch.as_tensor(value, dtype=self.dtype).reshape(table.table.shape)}
-                )
+                rows = torch.as_tensor(value, dtype=self.dtype).reshape(table.table.shape)
+                table.load_state_dict({"table": rows.clamp_min(0) if table.nonnegative else rows})
             else:
                 raise KeyError(f"no constraint {name!r}; declared: {sorted(self.problem.by_name)}")
         self.dense.project_()
@@ -440,6 +446,10 @@ class PrimalDual:
     # ------------------------------------------------------------------ data stream
     def _next_batch(self, batches: Iterable[Mapping[str, Any]]) -> Mapping[str, Any] | None:
         if self._iterator is None or self._iterable is not batches:
+            if self._iterable is not None and self._iterable is not batches:
+                # Another iterable mid-epoch (e.g. fit([batch]) called again): continue the
+                # epoch where it was, exactly as after load_state_dict.
+                self._replay = self.batch_in_epoch > 0
             self._start_epoch(batches)
         try:
             batch = next(self._iterator)
@@ -532,7 +542,7 @@ class PrimalDual:
         if self.comm is None:
             loss, parts = self._primal_loss(ev)
             lagrangian = loss.detach()
-            step_ev = ev
+            step_ev = _frozen(ev)  # values may alias parameters the primal step changes
         else:
             step_ev, loss, lagrangian = self._globalize(ev, step, with_loss=True)
             parts = {"objective": lagrangian, **step_ev.values}
@@ -569,6 +579,7 @@ class PrimalDual:
             if self.mode == "alternating":
                 fresh = self._evaluate(batch, step, grad=False)
                 step_ev = fresh if self.comm is None else self._globalize(fresh, step)[0]
+                _check_evaluation_finite(step_ev, f"step {step}")
             self._dual_step(step_ev)
         self._record(step_ev, lagrangian, lrs)
 
@@ -584,12 +595,17 @@ class PrimalDual:
         f64 = torch.float64
         size = float(ev.batch_size)
         has_objective = ev.objective is not None
-        obj = (
-            ev.objective.detach().to(f64) * size
-            if has_objective
-            else self._nan.new_zeros((), dtype=f64)
-        )
-        pieces = [obj.reshape(1), torch.tensor([size], dtype=f64, device=self.device)]
+        if "objective" in ev.ratios:
+            obj_num, obj_den = ev.ratios["objective"].numerator, ev.ratios["objective"].denominator
+        elif has_objective:
+            obj_num, obj_den = ev.objective * size, torch.tensor(size, device=self.device)
+        else:
+            obj_num = obj_den = torch.zeros((), device=self.device)
+        pieces = [
+            obj_num.detach().to(f64).reshape(1),
+            obj_den.detach().to(f64).reshape(1),
+            torch.tensor([size], dtype=f64, device=self.device),
+        ]
         nums, dens = [], []
         for c in self.problem.average:
             if c.name in ev.ratios:
@@ -613,14 +629,19 @@ class PrimalDual:
             pieces += [counts, local_terms[name].detach().to(f64).reshape(1)]
         total = comm.all_reduce_sum(torch.cat(pieces))
 
-        offset = 2
-        global_size = float(total[1])
-        objective = total[0] / global_size if has_objective else None
+        offset = 3
+        global_size = float(total[2])
+        objective = total[0] / total[1] if has_objective else None
         values: dict[str, Tensor] = {}
         loss: Tensor | None = None
         lagrangian = objective if objective is not None else total.new_zeros(())
         if has_objective and with_loss:
-            loss = ev.objective * (world * size / global_size)
+            # W (n_r − L d_r) / D: its rank average has the gradient of L = N / D
+            loss = (
+                world
+                * (obj_num - objective.to(obj_num.dtype) * obj_den)
+                / total[1].to(obj_num.dtype)
+            )
         if nums:
             n = self.dense.size
             num_g, den_g = total[offset : offset + n], total[offset + n : offset + 2 * n]
@@ -776,14 +797,17 @@ class PrimalDual:
         return {
             "format": _CHECKPOINT_FORMAT,
             "problem": self.problem.fingerprint(),
-            "model": _unwrap(self.model).state_dict(),
-            "primal_optimizer": self.primal_optimizer.state_dict(),
-            "scheduler": None if self.scheduler is None else self.scheduler.state_dict(),
-            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
+            "model": copy.deepcopy(_unwrap(self.model).state_dict()),
+            "primal_optimizer": copy.deepcopy(self.primal_optimizer.state_dict()),
+            "scheduler": None
+            if self.scheduler is None
+            else copy.deepcopy(self.scheduler.state_dict()),
+            "grad_scaler": None if self.scaler is None else copy.deepcopy(self.scaler.state_dict()),
             "multipliers": {
                 _DENSE: self.dense.state_dict(),
                 **{name: t.state_dict() for name, t in self.indexed.items()},
             },
+            "dual_optimizer": type(self.dual_optimizer).__name__,
             "dual_state": {
                 k: {n: v.clone() for n, v in s.items()} for k, s in self.dual_state.items()
             },
@@ -813,6 +837,13 @@ class PrimalDual:
                 "the checkpoint was saved for different constraints: "
                 f"{state['problem']} vs {self.problem.fingerprint()}; build the same problem "
                 "before loading"
+            )
+        saved_dual = state.get("dual_optimizer", type(self.dual_optimizer).__name__)
+        if saved_dual != type(self.dual_optimizer).__name__:
+            raise ValueError(
+                f"the checkpoint was saved with dual optimizer {saved_dual} but this solver uses "
+                f"{type(self.dual_optimizer).__name__}; build the solver with the same dual "
+                "optimizer to resume"
             )
         _unwrap(self.model).load_state_dict(state["model"])
         self.primal_optimizer.load_state_dict(state["primal_optimizer"])
@@ -872,6 +903,26 @@ class PrimalDual:
         self._build_rates_and_weights()
         self._nan = self._nan.to(self.device)
         return self
+
+
+def _frozen(ev: Evaluation) -> Evaluation:
+    """A detached copy of an evaluation's numbers (cheap: statistics, not activations)."""
+    return Evaluation(
+        None if ev.objective is None else ev.objective.detach().clone(),
+        {k: v.detach().clone() for k, v in ev.values.items()},
+        {},
+        ev.indices,
+        ev.batch_size,
+    )
+
+
+def _check_evaluation_finite(ev: Evaluation, where: str) -> None:
+    terms = dict(ev.values)
+    if ev.objective is not None:
+        terms["objective"] = ev.objective
+    flat = torch.cat([t.detach().reshape(-1).double() for t in terms.values()])
+    if not bool(torch.isfinite(flat).all()):
+        check_finite(terms, where)
 
 
 def _check_indices(table: IndexedMultipliers, index: Tensor, where: str) -> None:

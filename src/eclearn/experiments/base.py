@@ -13,6 +13,12 @@ resume, history export, generic figures, reports — so an application adds one 
   adds ``experiment``, ``formulation``, ``seed`` and ``fit_seconds``.
 - ``figures(setup, result, figure_dir) -> list[Path]`` (optional): experiment-specific
   figures; the runner already draws objective/Lagrangian, violations and multipliers.
+- ``report_figures(runs, out_dir) -> list[Path]`` (optional class method): cross-run
+  figures for ``eclearn report`` (e.g. one metric against a swept value), given the
+  complete :class:`RunRecord` s of this experiment.
+
+Optional class attributes: ``table_metrics`` (the metrics the terminal table shows, in that
+order; default all) and ``budget_keys`` (config keys a resumed run may change).
 
 Configs subclass :class:`ExperimentConfig` (unknown keys are rejected). Presets are TOML
 files in ``eclearn/configs/`` naming their experiment (see ``eclearn.experiments.registry``).
@@ -27,9 +33,10 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from eclearn.history import History
 from eclearn.solver import Callback, FitResult, PrimalDual, StoppingRule
 
-__all__ = ["Experiment", "ExperimentConfig", "RunContext", "Setup"]
+__all__ = ["Experiment", "ExperimentConfig", "RunContext", "RunRecord", "Setup"]
 
 
 class ExperimentConfig(BaseModel):
@@ -65,12 +72,40 @@ class Setup:
     state: dict[str, Any] = field(default_factory=dict)
 
 
+@dataclass
+class RunRecord:
+    """One run directory as the report reads it: ``config.json`` and ``metrics.json``
+    (None while the run is incomplete); ``label`` names the run's group in tables."""
+
+    path: Path
+    experiment: str
+    seed: int
+    label: str
+    config: dict[str, Any]
+    metrics: dict[str, Any] | None
+    info: dict[str, Any] = field(default_factory=dict)
+    """The rest of ``config.json`` (preset, sweep values, constraint declarations, version)."""
+
+    @property
+    def complete(self) -> bool:
+        return self.metrics is not None
+
+    def history(self) -> History:
+        """The run's ``history.csv`` (the solver's per-step records)."""
+        return History.read_csv(self.path / "history.csv")
+
+    def figure_paths(self) -> list[Path]:
+        return sorted((self.path / "figures").glob("*.png"))
+
+
 class Experiment:
     """Base class; see the module docstring for the contract."""
 
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     Config: ClassVar[type[ExperimentConfig]] = ExperimentConfig
+    table_metrics: ClassVar[tuple[str, ...]] = ()
+    budget_keys: ClassVar[frozenset[str]] = frozenset({"max_steps", "epochs"})
 
     def setup(self, config: ExperimentConfig, context: RunContext) -> Setup:
         raise NotImplementedError
@@ -79,4 +114,8 @@ class Experiment:
         raise NotImplementedError
 
     def figures(self, setup: Setup, result: FitResult, figure_dir: Path) -> list[Path]:
+        return []
+
+    @classmethod
+    def report_figures(cls, runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
         return []

@@ -1,0 +1,185 @@
+"""Reports from run directories: tables (terminal, Markdown), figures and one
+self-contained HTML page.
+
+:func:`write_report` groups complete runs by experiment and config, aggregates their
+``metrics.json`` over seeds, draws the cross-run training comparison and each experiment's
+optional ``report_figures``, and writes ``report.md`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from eclearn._io import atomic_write_text
+from eclearn.experiments.base import RunRecord
+from eclearn.experiments.config import RunnerError
+from eclearn.report import html
+from eclearn.report.tables import (
+    Group,
+    Table,
+    build_tables,
+    group_runs,
+    render_markdown,
+    render_text,
+    summarize,
+)
+
+__all__ = [
+    "Group",
+    "ReportFiles",
+    "Table",
+    "build_tables",
+    "default_out_dir",
+    "group_runs",
+    "render_markdown",
+    "render_text",
+    "summarize",
+    "write_report",
+]
+
+
+@dataclass
+class ReportFiles:
+    markdown: Path
+    html: Path
+    figures: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+def default_out_dir(records: Sequence[RunRecord]) -> Path:
+    """The common parent of the runs' directories."""
+    parents = [str(r.path.resolve().parent) for r in records]
+    return Path(os.path.commonpath(parents)) if parents else Path.cwd()
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return Path(os.path.relpath(path.resolve(), base.resolve())).as_posix()
+    except ValueError:  # another drive on Windows
+        return path.resolve().as_posix()
+
+
+def write_report(
+    records: Sequence[RunRecord],
+    out_dir: str | os.PathLike[str],
+    *,
+    warn: Callable[[str], None] | None = None,
+) -> ReportFiles:
+    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out_dir``."""
+    from eclearn.experiments import registry
+    from eclearn.report.figures import comparison_figure
+
+    warn = warn or (lambda message: print(message, file=sys.stderr))
+    out = Path(out_dir)
+    complete = [r for r in records if r.complete]
+    incomplete = [r for r in records if not r.complete]
+    if not complete:
+        raise RunnerError(
+            "no complete runs to report (none has metrics.json); finish them "
+            "with `eclearn run --resume DIR`"
+        )
+    groups = group_runs(complete)
+    tables = build_tables(groups)
+    figure_dir = out / "figures"
+    try:
+        figure_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise RunnerError(
+            f"cannot create {figure_dir}: {err.strerror}; choose another --out"
+        ) from None
+    files = ReportFiles(out / "report.md", out / "report.html")
+    stamp = time.strftime("%Y-%m-%d %H:%M")
+    md = [
+        "# eclearn report",
+        "",
+        f"{len(complete)} complete run(s) in {len(groups)} group(s); generated {stamp}.",
+        "",
+    ]
+    body = [
+        html.heading("eclearn report", 1),
+        html.paragraph(
+            f"{len(complete)} complete run(s) in {len(groups)} group(s); generated {stamp}."
+        ),
+    ]
+    for table, md_table in zip(tables, render_markdown(tables, level=2), strict=True):
+        members = [g for g in groups if g.experiment == table.experiment]
+        runs = [r for g in members for r in g.runs]
+        md += [md_table, ""]
+        body += [html.heading(table.experiment, 2), html.table(table)]
+        if table.notes:
+            md += ["Diagnostics:", ""] + [f"- {n}" for n in table.notes] + [""]
+            body += [html.paragraph("Diagnostics:"), html.unordered(table.notes, "note")]
+        made: list[Path] = []
+        series = {
+            g.label: [r.history() for r in g.runs if (r.path / "history.csv").is_file()]
+            for g in members
+        }
+        if any(series.values()):
+            constraints = next(
+                (r.info.get("constraints") for r in runs if r.info.get("constraints")), None
+            )
+            made.append(
+                comparison_figure(
+                    {k: v for k, v in series.items() if v},
+                    constraints,
+                    figure_dir / f"{table.experiment}-training.png",
+                    table.experiment,
+                )
+            )
+        try:
+            hook = registry.experiment_class(table.experiment).report_figures
+            made += [Path(p) for p in hook(runs, figure_dir)]
+        except RunnerError as err:
+            files.notes.append(f"{table.experiment}: no experiment figures ({err})")
+        except Exception as err:
+            files.notes.append(
+                f"{table.experiment}: report_figures failed: {type(err).__name__}: {err}"
+            )
+        files.figures += made
+        if made:
+            md += [f"![{p.stem}](<{_relative(p, out)}>)" for p in made] + [""]
+            body += [html.figure(p, p.stem) for p in made if p.is_file()]
+        md += ["Runs:", ""]
+        for g in members:
+            first = g.runs[0]
+            figs = first.figure_paths()
+            links = ", ".join(f"[{p.stem}](<{_relative(p, out)}>)" for p in figs)
+            md.append(
+                f"- **{g.label}**: "
+                + ", ".join(_relative(r.path, out) for r in g.runs)
+                + (f" — figures of seed {first.seed}: {links}" if links else "")
+            )
+            inner = [html.paragraph("runs: " + ", ".join(_relative(r.path, out) for r in g.runs))]
+            inner += [html.figure(p, f"{g.label} seed {first.seed}: {p.stem}") for p in figs]
+            body.append(html.details(f"{g.label} — runs and figures of seed {first.seed}", inner))
+        md.append("")
+    if incomplete:
+        lines = [
+            f"{_relative(r.path, out)} (no metrics.json; resume with `eclearn run "
+            f"--resume {r.path}`)"
+            for r in incomplete
+        ]
+        md += ["## Incomplete runs (not in the tables)", ""] + [f"- {x}" for x in lines] + [""]
+        body += [
+            html.heading("Incomplete runs (not in the tables)", 2),
+            html.unordered(lines, "note"),
+        ]
+    if files.notes:
+        md += ["## Notes", ""] + [f"- {n}" for n in files.notes] + [""]
+        body += [html.heading("Notes", 2), html.unordered(files.notes, "note")]
+        for note in files.notes:
+            warn(f"warning: {note}")
+    try:
+        atomic_write_text(files.markdown, "\n".join(md).rstrip() + "\n")
+        atomic_write_text(files.html, html.page("eclearn report", body))
+    except OSError as err:
+        raise RunnerError(
+            f"could not write the report in {out}: {err.strerror or err}; free "
+            "disk space or choose another --out"
+        ) from None
+    return files

@@ -1,0 +1,181 @@
+"""Failure signatures: each is produced by a problem (or a constructed history) that shows
+it, and must come with its advice; a well-solved problem shows none."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import eclearn as ecl
+from eclearn.diagnostics import diagnose
+
+from .conftest import F64, Vector, full_batch, sgd_solver, vector_equality
+
+
+def kinds(result, constraint=None):
+    return {d.kind for d in result.diagnostics if constraint is None or d.constraint == constraint}
+
+
+def test_infeasible_equalities_diverge():
+    """θ = 1 and θ = 2 both required: the difference of the multipliers grows without bound."""
+
+    def evaluate(model, batch):
+        theta = model().sum()
+        return {"objective": 0.5 * theta**2, "one": theta, "two": theta}
+
+    problem = ecl.Problem(evaluate, [ecl.Equality("one", rhs=1.0), ecl.Equality("two", rhs=2.0)])
+    model = Vector([0.0])
+    solver = sgd_solver(problem, model, lr=0.5, dual=ecl.dual.SGD(0.1))
+    with pytest.warns(ecl.DiagnosticWarning, match="may be infeasible"):
+        result = solver.fit(full_batch(), max_steps=200)
+    diverging = [d for d in result.diagnostics if d.kind == "diverging"]
+    assert diverging
+    message = diverging[0].message
+    assert diverging[0].constraint in ("one", "two")
+    assert "relax its rhs/bound" in message and "lower the dual learning rate" in message
+    assert diverging[0].step == 200
+    assert diverging[0].to_dict()["kind"] == "diverging"
+    assert model.theta.item() == pytest.approx(1.5, abs=1e-3)  # the primal splits the difference
+    assert f"! {message}" in result.summary()
+
+
+def test_huge_dual_lr_on_a_rate_constraint_oscillates():
+    """A smoothed rate (fraction of x above θ) held at ½ with a dual lr of 50: the multiplier
+    overshoots, the rate saturates on either side and the violation keeps flipping sign."""
+    x = torch.linspace(-2, 2, 40, dtype=F64)
+
+    def evaluate(model, batch):
+        theta = model()[0]
+        rate = torch.sigmoid(4 * (x - theta)).mean()
+        return {"objective": 0.5 * (theta - 1.0) ** 2, "rate": rate}
+
+    problem = ecl.Problem(evaluate, [ecl.Equality("rate", rhs=0.5)])
+    solver = sgd_solver(problem, Vector([0.0]), lr=1.0, dual=ecl.dual.SGD(50.0))
+    result = solver.fit(full_batch(), max_steps=200, warn=False)
+    assert kinds(result) == {"oscillation"}
+    message = result.diagnostics[0].message
+    assert "lower the dual learning rate" in message and "ecl.dual.NuPI(kp>0)" in message
+    violation = solver.history["violation/rate"][-100:]
+    assert np.mean(np.sign(violation[1:]) != np.sign(violation[:-1])) > 0.3
+
+
+def test_frozen_primal_with_settled_multiplier_drifts():
+    """Primal lr 0: θ cannot move, the violation persists while the multiplier (large from
+    its init, moved by a small dual lr) has settled."""
+
+    def evaluate(model, batch):
+        theta = model()
+        return {"objective": 0.5 * theta.pow(2).sum(), "h": theta.sum()}
+
+    problem = ecl.Problem(evaluate, [ecl.Equality("h", rhs=1.0, init=5.0)])
+    solver = sgd_solver(problem, Vector([0.0]), lr=0.0, dual=ecl.dual.SGD(1e-3))
+    with pytest.warns(ecl.DiagnosticWarning, match="primal optimizer does not reach"):
+        result = solver.fit(full_batch(), max_steps=100)
+    assert kinds(result) == {"drift"}
+    assert "Raise the model capacity or the primal learning rate" in result.diagnostics[0].message
+
+
+def test_penalty_left_violated_is_reported():
+    q = vector_equality()
+    solver = sgd_solver(q.problem, q.model(), lr=0.1, formulation=ecl.Penalty(0.1, power=2))
+    result = solver.fit(full_batch(), max_steps=60, warn=False)
+    assert kinds(result) == {"penalty"}
+    assert {d.constraint for d in result.diagnostics} == {"eq[0]", "eq[1]"}
+    assert all("raise its weight" in d.message for d in result.diagnostics)
+
+
+def test_well_solved_problem_has_no_diagnostics_and_no_warning():
+    q = vector_equality()
+    solver = sgd_solver(q.problem, q.model(), lr=0.7, dual=ecl.dual.SGD(0.2))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ecl.DiagnosticWarning)
+        result = solver.fit(full_batch(), max_steps=100)
+    assert result.diagnostics == []
+
+
+def test_warn_false_stays_silent_but_still_diagnoses():
+    def evaluate(model, batch):
+        theta = model()
+        return {"objective": 0.5 * theta.pow(2).sum(), "h": theta.sum()}
+
+    problem = ecl.Problem(evaluate, [ecl.Equality("h", rhs=1.0, init=5.0)])
+    solver = sgd_solver(problem, Vector([0.0]), lr=0.0, dual=ecl.dual.SGD(1e-3))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", ecl.DiagnosticWarning)
+        result = solver.fit(full_batch(), max_steps=40, warn=False)
+    assert kinds(result) == {"drift"}
+
+
+# --- constructed histories ------------------------------------------------------------------
+COLUMNS = ["step", "violation/h", "multiplier/h"]
+
+
+def history_of(violation, multiplier) -> ecl.History:
+    history = ecl.History(COLUMNS)
+    for t, (v, m) in enumerate(zip(violation, multiplier, strict=True), start=1):
+        history.record(torch.tensor([t, v, m], dtype=F64))
+    return history
+
+
+EQ = ecl.Problem(lambda m, b: {}, [ecl.Equality("h")])
+T = np.arange(1, 201, dtype=float)
+
+
+@pytest.mark.parametrize(
+    ("violation", "multiplier", "expected"),
+    [
+        (0.5 + 0 * T, 1.03**T, "diverging"),
+        (0.3 * (-1.0) ** T, 2 + np.sin(T), "oscillation"),
+        (0.2 + 0 * T, 3 + 1e-4 * T, "drift"),
+        (0.5 * 0.9**T, 1 - 0.9**T, None),  # violation vanishes
+        (1e-4 * (-1.0) ** T, 5 * (-1.0) ** T, None),  # flips, but within tolerance
+    ],
+    ids=["diverging", "oscillation", "drift", "converged", "within-tolerance"],
+)
+def test_signatures_on_constructed_histories(violation, multiplier, expected):
+    found = diagnose(history_of(violation, multiplier), EQ)
+    assert [d.kind for d in found] == ([expected] if expected else [])
+    if expected:
+        assert found[0].constraint == "h" and found[0].step == 200
+
+
+def test_inequality_satisfied_with_slack_is_not_examined():
+    """A negative violation is no violation for an inequality (it would be for an equality)."""
+    history = history_of(-0.5 + 0 * T, 3 + 1e-4 * T)
+    assert diagnose(history, ecl.Problem(lambda m, b: {}, [ecl.Inequality("h")])) == []
+    assert [d.kind for d in diagnose(history, EQ)] == ["drift"]
+
+
+def test_diagnose_only_examines_the_steps_of_this_fit():
+    """An earlier fit of 200 steps with a growing multiplier, then a fit of 30 steps where it
+    has settled while the violation stays: only ``start=`` on decides which story is told."""
+    violation = 0.5 + 0 * np.r_[T, np.arange(30)]
+    multiplier = np.r_[1.03**T, np.full(30, 1.03**200)]
+    history = history_of(violation, multiplier)
+    assert [d.kind for d in diagnose(history, EQ, start=200)] == ["drift"]
+    assert [d.kind for d in diagnose(history, EQ, start=0)] == []
+    assert diagnose(history, EQ, start=215) == []  # fewer than 20 steps: too few to judge
+
+
+# Guards a fixed core bug; before the fix: 'diverging' needs the multiplier to more than double over
+# the last half of the fit, but a multiplier growing linearly from 0 under a constant violation
+# (the usual divergence under SGD/Adam ascent: an infeasible inequality, or a frozen primal)
+# grows by a factor just under 2, so no signature at all is reported
+@pytest.mark.parametrize("source", ["history", "solver"])
+def test_linearly_growing_multiplier_of_an_infeasible_constraint_is_reported(source):
+    if source == "history":
+        found = diagnose(history_of(1.0 + 0 * T, 0.1 * T), EQ)
+    else:
+
+        def evaluate(model, batch):  # g = θ² + 1 ≤ 0 cannot hold
+            theta = model()
+            return {"objective": 0.5 * (theta - 1).pow(2).sum(), "g": theta.pow(2).sum() + 1}
+
+        problem = ecl.Problem(evaluate, [ecl.Inequality("g")])
+        solver = sgd_solver(problem, Vector([0.0]), lr=0.01, dual=ecl.dual.SGD(0.1))
+        found = solver.fit(full_batch(), max_steps=200, warn=False).diagnostics
+        assert 19 < solver.multipliers["g"].item() < 21  # λ ≈ 0.1·t: linear growth
+    assert [d.kind for d in found] == ["diverging"]

@@ -87,6 +87,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="replace existing run directories instead of refusing",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar")
+    run.add_argument(
+        "--select",
+        choices=["last", "average", "best", "mixture"],
+        help="which model to report (same as --set select=RULE): the last iterate, the "
+        "Polyak average, the best feasible candidate on validation data, or an LP mixture",
+    )
+    run.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        metavar="N",
+        help="train on N local processes (torch.distributed; launched with torchrun)",
+    )
 
     report = sub.add_parser(
         "report",
@@ -119,6 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:
         return int(stop.code or 0)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
@@ -177,9 +191,75 @@ def _list() -> int:
     return 0
 
 
+def _launch(args: argparse.Namespace) -> int:
+    """Re-run this command on ``--nproc`` local processes with torch's launcher."""
+    import subprocess
+
+    if args.nproc < 1:
+        _error(f"--nproc must be ≥ 1, got {args.nproc}")
+        return EXIT_USAGE
+    argv, skip = [], False
+    for token in args.argv:
+        if skip:
+            skip = False
+            continue
+        if token == "--nproc":
+            skip = True
+            continue
+        if token.startswith("--nproc="):
+            continue
+        argv.append(token)
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={args.nproc}",
+        "-m",
+        "eclearn",
+        *argv,
+    ]
+    return subprocess.call(command)
+
+
+def _init_distributed(device: str | None) -> int:
+    """Join the process group torchrun set up (WORLD_SIZE > 1); returns this rank."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        cuda = (device or "cpu").startswith("cuda")
+        if cuda:
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return dist.get_rank()
+
+
+def _shadow(spec, folder: Path, action: str):
+    """A non-zero rank's private copy of a run directory: it reads the same checkpoint and
+    config as rank 0 but writes nowhere that matters (rank 0 writes the run directory)."""
+    import dataclasses
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    if action == "resume":
+        for name in ("checkpoint.pt", "config.json"):
+            if (spec.run_dir / name).exists():
+                shutil.copy2(spec.run_dir / name, folder / name)
+    return dataclasses.replace(spec, run_dir=folder)
+
+
 def _run(args: argparse.Namespace) -> int:
     from eclearn.experiments import runner
     from eclearn.report.tables import build_tables, group_runs, render_text
+
+    if args.nproc != 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return _launch(args)
+    if args.select:
+        args.overrides = [*args.overrides, f"select={args.select}"]
+    rank = _init_distributed(args.device)
 
     if args.resume:
         specs = [
@@ -210,6 +290,10 @@ def _run(args: argparse.Namespace) -> int:
             plan.runs, overwrite=args.overwrite, continue_=args.continue_
         )
         specs, out = plan.runs, plan.out
+    if rank is not None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as dist
+
+        dist.barrier()  # every rank has checked the run directories before rank 0 writes
     for i, spec in enumerate(specs, 1):
         action = actions[spec.run_dir]
         if len(specs) > 1:
@@ -217,13 +301,25 @@ def _run(args: argparse.Namespace) -> int:
             runner.stderr_echo(f"[{i}/{len(specs)}] {spec.run_dir}{done}")
         if action == "skip":
             continue
+        if rank != 0:
+            import tempfile
+
+            shadow_root = Path(tempfile.mkdtemp(prefix=f"eclearn-rank{rank}-"))
+            spec = _shadow(spec, shadow_root / str(i), action)
         try:
-            runner.execute(spec, resume=action == "resume", progress=not args.no_progress)
+            runner.execute(
+                spec,
+                resume=action == "resume",
+                progress=not args.no_progress and rank == 0,
+                echo=runner.stderr_echo if rank == 0 else None,
+            )
         except runner.RunInterrupted as stop:
             _error(str(stop))
             if len(specs) > 1:
                 _error("to finish all runs of this command, repeat it with --continue")
             return EXIT_INTERRUPTED
+    if rank != 0:
+        return 0
     records = [runner.read_run(spec.run_dir) for spec in specs]
     print(render_text(build_tables(group_runs(records), compact=True)))
     print(f"\nrun directories: {out}\nfull report:     eclearn report {out}")

@@ -113,6 +113,7 @@ def evaluate(
     tolerance: float | Mapping[str, float] | None = None,
     inference: bool = True,
     device: torch.device | str | None = None,
+    distributed: bool = False,
     process_group: Any = None,
 ) -> EvaluationReport:
     """Objective and constraints of ``model`` over ``batches`` (held-out data).
@@ -121,8 +122,9 @@ def evaluate(
     ``tolerance``: one number or ``{name: tol}``; default each constraint's own.
     ``inference=False`` keeps autograd on (for statistics built from input derivatives,
     such as PDE residuals). The model is put in eval mode and restored afterwards.
-    Under ``torch.distributed`` (or with ``process_group``) each rank passes its own shard
-    and the pooled sums are reduced across ranks: every rank gets the full-data report.
+    With ``distributed=True`` (or a ``process_group``) under ``torch.distributed`` each rank
+    passes its own shard and the pooled sums are reduced across ranks: every rank gets the
+    full-data report. (Off by default: ranks that each evaluate the whole data must not sum.)
     """
     if isinstance(batches, Mapping):
         raise TypeError(
@@ -165,7 +167,7 @@ def evaluate(
                     pointwise[c.name].append(ev.values[c.name].detach().double().cpu())
     finally:
         model.train(was_training)
-    comm = Communicator.detect(process_group)
+    comm = Communicator.detect(process_group) if distributed or process_group is not None else None
     if comm is not None:
         names = [c.name for c in problem.average]
         packed = torch.cat(

@@ -91,6 +91,25 @@ class CandidateRecorder(Callback):
     def on_fit_end(self, solver: PrimalDual, result: Any) -> None:
         self.last = Candidate(solver.step, _snapshot(solver.model))
 
+    def state_dict(self) -> dict[str, Any]:
+        """Everything to continue recording after a resume (tensors and plain values)."""
+        return {
+            "every": self.every,
+            "averaged": self.averaged,
+            "average": self.average,
+            "steps": [c.step for c in self.candidates],
+            "states": [c.state for c in self.candidates],
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.every = int(state["every"])
+        self.averaged = int(state["averaged"])
+        self.average = state["average"]
+        self.candidates = [
+            Candidate(int(s), dict(st))
+            for s, st in zip(state["steps"], state["states"], strict=True)
+        ]
+
     def average_state(self, template: nn.Module) -> dict[str, Tensor]:
         if self.average is None:
             raise ValueError("no iterate was averaged: average_from is beyond the last step")

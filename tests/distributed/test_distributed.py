@@ -85,3 +85,20 @@ def test_evaluate_reduces_ratio_statistics_across_ranks(runs):
             torch.testing.assert_close(
                 got[key].double(), expected[key].double(), atol=1e-12, rtol=0, msg=key
             )
+
+
+def test_cli_nproc_two_equals_one_process(tmp_path, monkeypatch):
+    """`eclearn run --nproc 2` (torchrun, gloo) reproduces the single-process run."""
+    import json
+
+    from eclearn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    args = ["run", "toy", "--set", "epochs=3", "--set", "n_train=2048", "--no-progress"]
+    assert main([*args, "--out", "one"]) == 0
+    assert main([*args, "--out", "two", "--nproc", "2"]) == 0
+    one = json.loads((tmp_path / "one/seed-0/metrics.json").read_text())
+    two = json.loads((tmp_path / "two/seed-0/metrics.json").read_text())
+    for key in ("param_error", "multiplier_error", "test_objective", "train_max_violation"):
+        assert abs(one[key] - two[key]) < 1e-6, key

@@ -143,7 +143,7 @@ def evaluate_shard(rank: int, world: int) -> dict:
     rows = torch.arange(N)[:40] if rank == 0 else torch.arange(N)[40:]
     shard = {k: v[rows] for k, v in full.items()}
     batches_ = [{k: v[i : i + 7] for k, v in shard.items()} for i in range(0, len(rows), 7)]
-    report = ecl.evaluate(solver.problem, solver.model, batches_)
+    report = ecl.evaluate(solver.problem, solver.model, batches_, distributed=True)
     return report_numbers(report)
 
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +46,12 @@ class ExperimentConfig(BaseModel):
 
     formulation: str = Field("lagrangian", description="which formulation this run trains")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
+    select: Literal["last", "average", "best", "mixture"] = Field(
+        "last", description="which model to report (ecl.recover rule; needs validation data)"
+    )
+    candidates: int = Field(20, ge=2, description="candidate snapshots kept for select")
+    certify: bool = Field(True, description="write certificate.json (needs held-out data)")
+    confidence: float = Field(0.95, gt=0, lt=1, description="certificate confidence level")
 
 
 @dataclass
@@ -70,6 +76,15 @@ class Setup:
     stopping: StoppingRule | None = None
     callbacks: Sequence[Callback] = ()
     state: dict[str, Any] = field(default_factory=dict)
+    heldout_batches: Iterable[Any] | None = None
+    """Held-out data for ``certificate.json`` (small batches give a finer bootstrap)."""
+    certify_train_batches: Iterable[Any] | None = None
+    """Training data for the certificate's training values (default: ``train_batches``
+    when it is finite)."""
+    validation_batches: Iterable[Any] | None = None
+    """Data the ``select`` rule judges candidates on (default: ``heldout_batches``)."""
+    inference: bool = True
+    """False when statistics need autograd at evaluation (e.g. PDE residuals)."""
 
 
 @dataclass

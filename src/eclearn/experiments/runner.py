@@ -29,8 +29,10 @@ from torch import Tensor
 from eclearn import __version__
 from eclearn._io import atomic_write_text, load_checkpoint, save_checkpoint
 from eclearn._rng import seed_everything
+from eclearn.certify import certify
 from eclearn.datafiles import DataNotFoundError
 from eclearn.diagnostics import diagnose
+from eclearn.distributed import ShardedBatches
 from eclearn.experiments import registry
 from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, RunRecord, Setup
 from eclearn.experiments.config import (
@@ -46,6 +48,7 @@ from eclearn.experiments.config import (
     sweep_combinations,
     sweep_label,
 )
+from eclearn.recovery import CandidateRecorder, MixtureModel, recover
 from eclearn.solver import Callback, FitResult, PrimalDual
 
 __all__ = [
@@ -74,6 +77,7 @@ __all__ = [
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.json"
+CERTIFICATE_FILE = "certificate.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
 MULTIPLIERS_FILE = "multipliers.pt"
@@ -504,6 +508,10 @@ def _run(
     setup = experiment.setup(spec.config, context)
     _check_setup(setup, spec.experiment)
     solver = setup.solver
+    if solver.comm is not None:  # --nproc: every rank trains on its shard of each batch
+        setup.train_batches = ShardedBatches(
+            setup.train_batches, solver.comm.rank, solver.comm.world_size
+        )
     holder.append(solver)
     with _writing(run_dir / CONFIG_FILE, run_dir):
         _write_config(
@@ -529,12 +537,14 @@ def _run(
     if stopping is not None and solver.step:
         stopping = dataclasses.replace(stopping, min_steps=max(0, stopping.min_steps - solver.step))
     interrupt = os.environ.get(INTERRUPT_ENV, "").strip()
+    recorder = _recorder(spec.config, setup, runner_state)
     saver = _Checkpointer(
         checkpoint,
         run_dir,
         getattr(spec.config, "checkpoint_every", 500),
         previous,
         int(interrupt) if interrupt.isdigit() else None,
+        extra=None if recorder is None else (lambda: {"recorder": recorder.state_dict()}),
     )
     total = _total_steps(setup)
     show = progress and (progress_file is not None or sys.stderr.isatty())
@@ -551,7 +561,7 @@ def _run(
             **budget,
             stopping=stopping,
             warn=False,
-            callbacks=[*setup.callbacks, saver, bar],
+            callbacks=[*setup.callbacks, *([recorder] if recorder else []), saver, bar],
         )
     seconds = previous + result.seconds
     reason = finished or result.stop_reason
@@ -580,7 +590,19 @@ def _run(
         constraints = solver.problem.fingerprint()
         run_figures(solver.history, constraints, figure_dir)
         experiment.figures(setup, result, figure_dir)
+    selection = _select(spec, setup, recorder, log)
+    certificate = _certify(spec, setup, result, run_dir, log)
     metrics = experiment.metrics(setup, result, context)
+    if selection is not None:
+        metrics = {**metrics, "selection": selection}
+    if certificate is not None:
+        metrics = {
+            **metrics,
+            "certificate_summary": certificate["summary"],
+            "certificate_verdicts": {
+                n: c["verdict"] for n, c in certificate["constraints"].items()
+            },
+        }
     if not isinstance(metrics, Mapping):
         raise RunnerError(
             f"experiment {spec.experiment!r}: metrics() must return a dict, got "
@@ -592,6 +614,92 @@ def _run(
         atomic_write_text(run_dir / METRICS_FILE, text)
     log(f"complete: {run_dir / METRICS_FILE}")
     return record
+
+
+def _recorder(
+    config: Any, setup: Setup, runner_state: Mapping[str, Any]
+) -> CandidateRecorder | None:
+    """Candidate snapshots for ``select`` rules other than ``last`` (restored on resume)."""
+    rule = getattr(config, "select", "last")
+    if rule == "last":
+        return None
+    total = _total_steps(setup) or 1000
+    count = int(getattr(config, "candidates", 20))
+    recorder = CandidateRecorder(
+        every=max(1, total // count), max_candidates=count, average_from=int(0.75 * total)
+    )
+    if "recorder" in runner_state:
+        recorder.load_state_dict(runner_state["recorder"])
+    return recorder
+
+
+def _select(
+    spec: RunSpec, setup: Setup, recorder: CandidateRecorder | None, log: RunLog
+) -> dict[str, Any] | None:
+    """Apply the ``select`` rule: the chosen model replaces the solver's for the metrics."""
+    if recorder is None:
+        return None
+    data = setup.validation_batches or setup.heldout_batches
+    if data is None:
+        raise RunnerError(
+            f"experiment {spec.experiment!r} provides no validation data, so select="
+            f"{spec.config.select!r} cannot judge candidates; use select='last'"
+        )
+    solver = setup.solver
+    try:
+        chosen = recover(
+            solver.problem,
+            solver.model,
+            recorder,
+            data,
+            rule=spec.config.select,
+            seed=spec.seed,
+            inference=setup.inference,
+        )
+    except ValueError as err:
+        raise RunnerError(
+            f"select={spec.config.select!r} failed for {spec.run_dir}: {err}; choose another "
+            "rule (e.g. --select best) or train longer"
+        ) from None
+    if isinstance(chosen.model, MixtureModel):
+        solver.model = chosen.model
+    else:
+        target = getattr(solver.model, "module", solver.model)
+        target.load_state_dict(chosen.model.state_dict())
+    log(f"selected ({chosen.rule}): {chosen.description}")
+    out = chosen.to_dict()
+    out.pop("validation", None)
+    return out
+
+
+def _certify(
+    spec: RunSpec, setup: Setup, result: FitResult, run_dir: Path, log: RunLog
+) -> dict[str, Any] | None:
+    """Write ``certificate.json`` when the experiment provides held-out data."""
+    if not getattr(spec.config, "certify", False) or setup.heldout_batches is None:
+        return None
+    train = setup.certify_train_batches
+    if train is None and hasattr(setup.train_batches, "__len__"):
+        train = setup.train_batches
+    if train is None:
+        log("certificate skipped: the experiment gives no finite training data to certify on")
+        return None
+    solver = setup.solver
+    cert = certify(
+        solver.problem,
+        solver.model,
+        result.multipliers,
+        train,
+        setup.heldout_batches,
+        confidence=spec.config.confidence,
+        seed=spec.seed,
+        inference=setup.inference,
+    ).to_dict()
+    text = json.dumps(_jsonable(cert, "certificate"), indent=2) + "\n"
+    with _writing(run_dir / CERTIFICATE_FILE, run_dir):
+        atomic_write_text(run_dir / CERTIFICATE_FILE, text)
+    log(f"certificate: {cert['summary']}")
+    return cert
 
 
 def _check_setup(setup: Any, name: str) -> None:
@@ -729,8 +837,10 @@ class _Checkpointer(Callback):
         every: int,
         previous_seconds: float,
         interrupt_at: int | None,
+        extra: Callable[[], dict[str, Any]] | None = None,
     ) -> None:
         self.path, self.run_dir, self.every = path, run_dir, max(1, int(every))
+        self.extra = extra
         self.previous = previous_seconds
         self.interrupt_at = interrupt_at
         self.began = time.perf_counter()
@@ -747,6 +857,8 @@ class _Checkpointer(Callback):
     def save(self, solver: PrimalDual, *, seconds: float, stop_reason: str | None = None) -> None:
         state = solver.state_dict()
         state["runner"] = {"fit_seconds": float(seconds), "stop_reason": stop_reason}
+        if self.extra is not None:
+            state["runner"].update(self.extra())
         with _writing(self.path, self.run_dir):
             save_checkpoint(state, self.path)
 

@@ -169,7 +169,13 @@ def kkt_solution(data: dict[str, Tensor], target: float, bound: float) -> dict[s
     }
 
 
-def _parameters(model: nn.Linear) -> Tensor:
+def _parameters(model: nn.Module) -> Tensor:
+    """(w, b) of the linear model; for a randomized mixture (``--select mixture``) the
+    weighted average, whose predictions are the mixture's expected predictions."""
+    if isinstance(model, ecl.MixtureModel):
+        stacked = torch.stack([_parameters(m) for m in model.members])
+        return (model.weights.double().cpu()[:, None] * stacked).sum(0)
+    assert isinstance(model, nn.Linear)
     return torch.cat([model.weight.detach().reshape(-1), model.bias.detach()]).double().cpu()
 
 
@@ -253,6 +259,8 @@ class ToyExperiment(Experiment):
             epochs=config.epochs,
             max_steps=config.max_steps,
             state={"config": config, "train": train, "test": test_batches, "kkt": kkt},
+            heldout_batches=ecl.Batches(test, 32, shuffle=False, device=context.device),
+            certify_train_batches=ecl.Batches(train, 4096, shuffle=False, device=context.device),
         )
 
     def metrics(self, setup: Setup, result: FitResult, context: RunContext) -> dict[str, Any]:

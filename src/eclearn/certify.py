@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from eclearn.dual import SGD
 from eclearn.evaluation import evaluate
-from eclearn.problem import Constraint, Equality, Inequality, Problem
+from eclearn.problem import Constraint, Problem
 from eclearn.ratio import Ratio
 
 __all__ = [
@@ -236,11 +236,7 @@ def certify(
     draws = rng.integers(0, blocks, size=(n_resamples, blocks)) if method == "bootstrap" else None
     certificates: dict[str, ConstraintCertificate] = {}
     for c in problem.average:
-        tol = c.tolerance
-        if isinstance(tolerance, Mapping):
-            tol = float(tolerance.get(c.name, tol))
-        elif tolerance is not None:
-            tol = float(tolerance)
+        tol = c.tolerance_for(tolerance)
         num, den = sums[c.name]
         point = _ratio(num.sum(0), den.sum(0))
         target = c.target.numpy()
@@ -311,31 +307,10 @@ def relaxed_problem(
     for c in problem.constraints:
         if c.name == name:
             mu = multipliers[name].detach().double().reshape(-1).cpu()
-            if c.is_equality:
-                shift = delta * torch.sign(mu) if not c.pointwise else delta * torch.ones(c.size)
-                c = Equality(
-                    c.name,
-                    c.size,
-                    rhs=c.target + shift,
-                    pointwise=c.pointwise,
-                    num_samples=c.num_samples,
-                    index_key=c.index_key,
-                    init=c.init,
-                    lr=c.lr,
-                    tolerance=c.tolerance,
-                )
+            if not c.is_equality or c.pointwise:
+                c = c.retarget(c.target + delta)
             else:
-                c = Inequality(
-                    c.name,
-                    c.size,
-                    bound=c.target + delta,
-                    pointwise=c.pointwise,
-                    num_samples=c.num_samples,
-                    index_key=c.index_key,
-                    init=c.init,
-                    lr=c.lr,
-                    tolerance=c.tolerance,
-                )
+                c = c.retarget(c.target + delta * torch.sign(mu))
         constraints.append(c)
     return Problem(problem.evaluate_fn, constraints)
 

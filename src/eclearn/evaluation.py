@@ -201,11 +201,7 @@ def evaluate(
         raise ValueError("evaluate: the batch iterable produced no batches")
     reports: dict[str, ConstraintReport] = {}
     for c in problem.constraints:
-        tol = c.tolerance
-        if isinstance(tolerance, Mapping):
-            tol = float(tolerance.get(c.name, tol))
-        elif tolerance is not None:
-            tol = float(tolerance)
+        tol = c.tolerance_for(tolerance)
         if c.pointwise:
             value = torch.cat(pointwise[c.name])
             violation = c.violation(value)

@@ -10,6 +10,7 @@ returns — names, shapes, finiteness, pointwise indices — and turns it into
 
 from __future__ import annotations
 
+import copy
 import inspect
 import math
 import re
@@ -109,6 +110,18 @@ class Constraint:
     @property
     def is_equality(self) -> bool:
         return self.kind == "equality"
+
+    def tolerance_for(self, tolerance: float | Mapping[str, float] | None) -> float:
+        """This constraint's tolerance under an override (one number or ``{name: tol}``)."""
+        if isinstance(tolerance, Mapping):
+            return float(tolerance.get(self.name, self.tolerance))
+        return self.tolerance if tolerance is None else float(tolerance)
+
+    def retarget(self, target: float | Sequence[float] | Tensor) -> Constraint:
+        """A copy of this declaration with another rhs (equality) or bound (inequality)."""
+        replaced = copy.copy(self)
+        replaced.target = self._vector(target, "rhs" if self.is_equality else "bound")
+        return replaced
 
     def violation(self, value: Tensor) -> Tensor:
         """Signed violation ``value − rhs`` (equality) or ``value − bound`` (inequality)."""

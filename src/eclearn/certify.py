@@ -172,6 +172,39 @@ def _block_sums(
     return {n: (np.stack(a), np.stack(b)) for n, (a, b) in parts.items() if a}
 
 
+def _row_bootstrap(
+    problem: Problem,
+    model: nn.Module,
+    batch: Mapping[str, Any],
+    n_resamples: int,
+    rng: np.random.Generator,
+    inference: bool,
+) -> dict[str, np.ndarray]:
+    """Each average constraint's value on ``n_resamples`` row-resamples of one batch."""
+    rows = next(v.shape[0] for v in batch.values() if isinstance(v, Tensor) and v.dim() > 0)
+    out: dict[str, list[np.ndarray]] = {c.name: [] for c in problem.average}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad() if inference else torch.enable_grad():
+            for _ in range(n_resamples):
+                pick = torch.from_numpy(rng.integers(0, rows, size=rows))
+                sample = {
+                    k: (
+                        v[pick.to(v.device)]
+                        if isinstance(v, Tensor) and v.dim() > 0 and v.shape[0] == rows
+                        else v
+                    )
+                    for k, v in batch.items()
+                }
+                ev = problem(model, sample, exact=True)
+                for c in problem.average:
+                    out[c.name].append(ev.values[c.name].detach().double().cpu().numpy())
+    finally:
+        model.train(was_training)
+    return {name: np.stack(values) for name, values in out.items()}
+
+
 def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den == 0, 0.0, num / np.where(den == 0, 1.0, den))
@@ -210,7 +243,9 @@ def certify(
     """Certificate of ``model`` (see the module docstring).
 
     ``method="bootstrap"`` resamples held-out batches (pass small batches, e.g.
-    ``ecl.Batches(data, batch_size=1, shuffle=False)``, for a per-sample bootstrap);
+    ``ecl.Batches(data, batch_size=1, shuffle=False)``, for a per-sample bootstrap); given
+    a single batch, it resamples that batch's rows and re-evaluates each resample (right
+    for statistics that are not sums over rows, at ``n_resamples`` forward passes);
     ``method="hoeffding"`` needs ``bounds={name: (low, high)}`` for every average
     constraint (the range of one sample's contribution) and uses each component's count.
     ``gap``: keyword arguments for :func:`duality_gap` (omit to skip it).
@@ -234,6 +269,11 @@ def certify(
     alpha = 1 - confidence
     blocks = len(heldout_list)
     draws = rng.integers(0, blocks, size=(n_resamples, blocks)) if method == "bootstrap" else None
+    row_boot = None
+    if method == "bootstrap" and blocks == 1:
+        # One held-out batch: resample its rows and re-evaluate (valid for statistics that
+        # are not sums over rows, e.g. a group rate minus the overall rate).
+        row_boot = _row_bootstrap(problem, model, heldout_list[0], n_resamples, rng, inference)
     certificates: dict[str, ConstraintCertificate] = {}
     for c in problem.average:
         tol = c.tolerance_for(tolerance)
@@ -242,7 +282,10 @@ def certify(
         target = c.target.numpy()
         if method == "bootstrap":
             assert draws is not None
-            boot = _ratio(num[draws].sum(1), den[draws].sum(1))  # [resamples, size]
+            if row_boot is not None:
+                boot = row_boot[c.name]
+            else:
+                boot = _ratio(num[draws].sum(1), den[draws].sum(1))  # [resamples, size]
             low = np.quantile(boot, alpha / 2, axis=0)
             high = np.quantile(boot, 1 - alpha / 2, axis=0)
         else:

@@ -4,7 +4,7 @@ Experiments are registered as ``"module:Class"`` strings and imported only when 
 a report needs them, so ``eclearn list`` never imports an application's dependencies
 (pandas, scikit-learn). Adding an experiment is one line at the bottom of this file::
 
-    register("fairness", "eclearn.experiments.fairness:FairnessExperiment", "COMPAS ...")
+    register("fairness", "eclearn.fairness.experiment:FairnessExperiment", "COMPAS ...")
 
 Presets are the TOML run files shipped in ``eclearn/configs/`` (file stem = preset name).
 A name that is both a preset and an experiment (``toy``) means the preset.
@@ -135,4 +135,10 @@ register(
     "toy",
     "eclearn.experiments.toy:ToyExperiment",
     "constrained least squares with a closed-form KKT solution (no data)",
+)
+register(
+    "fairness",
+    "eclearn.fairness.experiment:FairnessExperiment",
+    "fair logistic regression on COMPAS: demographic parity as an equality, tolerances, "
+    "prescribed rates, equalized odds",
 )

@@ -1,4 +1,7 @@
-"""Fairness helpers: COMPAS data (pandas, scikit-learn) and group-conditional rates (torch)."""
+"""Fairness helpers: COMPAS data (pandas, scikit-learn), group-conditional rates (torch), the
+fair logistic regression engine (:mod:`~eclearn.fairness.training`) and its scikit-learn
+estimator :class:`FairClassifier`. The ``eclearn run fairness`` experiment lives in
+:mod:`eclearn.fairness.experiment` (imported by the runner, not here: it needs pydantic)."""
 
 from eclearn.fairness.data import (
     COMPAS_FILE,
@@ -10,6 +13,7 @@ from eclearn.fairness.data import (
     compas_split,
     load_compas,
 )
+from eclearn.fairness.estimator import CONSTRAINTS, FairClassifier, SensitiveFeaturesError
 from eclearn.fairness.rates import (
     SURROGATES,
     demographic_parity_gap,
@@ -22,15 +26,30 @@ from eclearn.fairness.rates import (
     positive_rate,
     true_positive_rate,
 )
+from eclearn.fairness.training import (
+    FORMULATIONS,
+    FairnessEvaluate,
+    IterateSelector,
+    WarmStart,
+    build_constraints,
+)
 
 __all__ = [
     "COMPAS_FILE",
     "COMPAS_SHA256",
+    "CONSTRAINTS",
+    "FORMULATIONS",
     "GROUPS",
     "JUVENILE_EDGES",
     "PRIORS_EDGES",
     "SURROGATES",
     "CompasSplit",
+    "FairClassifier",
+    "FairnessEvaluate",
+    "IterateSelector",
+    "SensitiveFeaturesError",
+    "WarmStart",
+    "build_constraints",
     "compas_split",
     "demographic_parity_gap",
     "disparity",

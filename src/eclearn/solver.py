@@ -396,9 +396,9 @@ class PrimalDual:
         self._stop_reason = None
         reason = "max_steps" if max_steps is not None else "epochs"
         self.model.train()
+        began = time.perf_counter()  # fit time includes the hooks' start-up work
         for hook in hooks:
             hook.on_fit_start(self)
-        began = time.perf_counter()
         while True:
             if self.step >= step_limit:
                 reason = "max_steps"

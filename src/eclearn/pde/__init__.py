@@ -2,7 +2,13 @@
 
 Built on the core, never inside it: a PDE problem is an ``evaluate(model, batch)`` that
 returns residual statistics, and each residual term becomes an equality constraint.
+
+The runner plug-in (:class:`ConvectionExperiment`, :class:`ConvectionConfig`,
+:func:`report_figures`) lives in :mod:`eclearn.pde.experiment` and is imported lazily on
+first access, so ``import eclearn.pde`` does not need the ``runner`` extra (pydantic).
 """
+
+from typing import Any
 
 from eclearn.pde.convection import (
     DOMAIN_HIGH,
@@ -31,12 +37,25 @@ from eclearn.pde.sampling import (
     UniformSampler,
 )
 
+_LAZY = ("ConvectionConfig", "ConvectionExperiment", "report_figures")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from eclearn.pde import experiment
+
+        return getattr(experiment, name)
+    raise AttributeError(f"module 'eclearn.pde' has no attribute {name!r}")
+
+
 __all__ = [
     "DOMAIN_HIGH",
     "DOMAIN_LOW",
     "MLP",
     "PINN_WEIGHTS",
     "CollocationBatches",
+    "ConvectionConfig",
+    "ConvectionExperiment",
     "ConvectionProblem",
     "FixedPoints",
     "PairedFaces",
@@ -56,5 +75,6 @@ __all__ = [
     "reference_grid",
     "reference_solution",
     "relative_l2_error",
+    "report_figures",
     "spectral_solution",
 ]

@@ -142,3 +142,8 @@ register(
     "fair logistic regression on COMPAS: demographic parity as an equality, tolerances, "
     "prescribed rates, equalized odds",
 )
+register(
+    "convection",
+    "eclearn.pde.experiment:ConvectionExperiment",
+    "convection equation: IC/BC/PDE residuals as equality constraints vs the penalty PINN",
+)

@@ -147,3 +147,8 @@ register(
     "eclearn.pde.experiment:ConvectionExperiment",
     "convection equation: IC/BC/PDE residuals as equality constraints vs the penalty PINN",
 )
+register(
+    "interpolation",
+    "eclearn.vision.experiment:InterpolationExperiment",
+    "interpolating classifiers on CIFAR: per-class / per-sample zero loss as equalities",
+)

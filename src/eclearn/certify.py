@@ -115,7 +115,7 @@ class Certificate:
             )
         sentences = ["; ".join(parts) + "." if parts else "no constraints."]
         for name, c in self.constraints.items():
-            if not c.price:
+            if not c.price or max(c.price) == 0:  # e.g. fixed penalty weights: no prices
                 continue
             price = max(c.price)
             step = delta if delta is not None else max(c.tolerance, 1e-2)

@@ -578,7 +578,7 @@ class InterpolationExperiment(Experiment):
             ax.set_ylabel("test error")
             ax.set_title(f"{label}: multiplier vs test error, r = {_r(mult, error)}")
             ax.ticklabel_format(axis="x", useOffset=False)
-            fig.subplots_adjust(left=0.13, bottom=0.12)
+            fig.subplots_adjust(left=0.16, bottom=0.12)
             paths.append(save_figure(fig, figure_dir / "multiplier_vs_error.png"))
 
             fig, (ax,) = new_figure(1, width=max(6.0, 0.3 * num_classes), height=3.4)

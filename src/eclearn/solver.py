@@ -958,21 +958,28 @@ class _ProgressBar(Callback):
             self.bar.update(1)
         if solver.step % self.every:
             return
+        text = self._status(solver)
+        if self.bar is not None:
+            self.bar.set_postfix(text, refresh=False)
+        elif self.total and solver.step % max(1, self.total // 10) == 0:
+            print(f"step {solver.step}: {text}", flush=True)
+
+    @staticmethod
+    def _status(solver: PrimalDual) -> dict[str, str]:
         last = solver.latest()
         violations = [
             abs(v)
             for k, v in last.items()
             if k.startswith("violation/") and not k.endswith("mean_abs")
         ]
-        text = {
+        return {
             "obj": f"{last.get('objective', math.nan):.4g}",
             "max|viol|": f"{max(violations, default=0.0):.3g}",
         }
-        if self.bar is not None:
-            self.bar.set_postfix(text, refresh=False)
-        elif self.total and solver.step % max(1, self.total // 10) == 0:
-            print(f"step {solver.step}: {text}", flush=True)
 
     def on_fit_end(self, solver: PrimalDual, result: FitResult) -> None:
         if self.bar is not None:
+            # A short fit can end inside tqdm's refresh interval; draw the final state once.
+            if solver.latest():
+                self.bar.set_postfix(self._status(solver))
             self.bar.close()

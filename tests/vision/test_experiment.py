@@ -178,6 +178,9 @@ def test_config_validation_rejects_unknown_choices_and_keys():
         InterpolationConfig(learning_rate=0.1)
     with pytest.raises(pydantic.ValidationError, match="width applies"):
         InterpolationConfig(model="resnet18", width=64)
+    with pytest.raises(pydantic.ValidationError, match="hidden applies to model = 'conv-mlp'"):
+        InterpolationConfig(model="small-cnn", hidden=256)
+    assert InterpolationConfig(model="conv-mlp", width=16, hidden=64).hidden == 64
     with pytest.raises(pydantic.ValidationError, match="milestones"):
         InterpolationConfig(milestones=[120, 60])
     with pytest.raises(pydantic.ValidationError):

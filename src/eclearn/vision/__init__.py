@@ -28,12 +28,13 @@ from eclearn.vision.data import (
     make_batches,
     to_tensor,
 )
-from eclearn.vision.models import BasicBlock, ResNet18, SmallCNN
+from eclearn.vision.models import BasicBlock, ConvMLP, ResNet18, SmallCNN
 
 __all__ = [
     "DATASETS",
     "Augment",
     "BasicBlock",
+    "ConvMLP",
     "ImageDataset",
     "ResNet18",
     "SmallCNN",

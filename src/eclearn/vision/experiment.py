@@ -60,7 +60,7 @@ from eclearn.vision.classwise import (
     per_sample_loss,
 )
 from eclearn.vision.data import channel_stats, load_dataset, make_batches, to_tensor
-from eclearn.vision.models import ResNet18, SmallCNN
+from eclearn.vision.models import ConvMLP, ResNet18, SmallCNN
 
 __all__ = [
     "CURVE_FILE",
@@ -82,6 +82,7 @@ CLASS_CONSTRAINT = "class_loss"
 SAMPLE_CONSTRAINT = "sample_loss"
 _AUTOCAST = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 DEFAULT_WIDTH = 32
+DEFAULT_HIDDEN = 512
 
 
 class InterpolationConfig(ExperimentConfig):
@@ -99,9 +100,14 @@ class InterpolationConfig(ExperimentConfig):
     test_size: int | None = Field(
         None, ge=1, description="use a class-balanced subset of this many test images"
     )
-    model: Literal["small-cnn", "resnet18"] = Field("small-cnn", description="classifier")
+    model: Literal["small-cnn", "conv-mlp", "resnet18"] = Field(
+        "small-cnn", description="classifier"
+    )
     width: int | None = Field(
-        None, ge=1, description=f"small-cnn channel width (default {DEFAULT_WIDTH})"
+        None, ge=1, description=f"small-cnn/conv-mlp channel width (default {DEFAULT_WIDTH})"
+    )
+    hidden: int | None = Field(
+        None, ge=1, description=f"conv-mlp hidden units (default {DEFAULT_HIDDEN})"
     )
     epochs: int = Field(30, ge=1, description="epochs; the lr schedule spans them")
     max_steps: int | None = Field(
@@ -149,7 +155,11 @@ class InterpolationConfig(ExperimentConfig):
     @model_validator(mode="after")
     def _consistent(self) -> InterpolationConfig:
         if self.model == "resnet18" and self.width is not None:
-            raise ValueError("width applies to model = 'small-cnn' only (ResNet-18 is fixed)")
+            raise ValueError(
+                "width applies to model = 'small-cnn' or 'conv-mlp' only (ResNet-18 is fixed)"
+            )
+        if self.model != "conv-mlp" and self.hidden is not None:
+            raise ValueError(f"hidden applies to model = 'conv-mlp' only, not {self.model!r}")
         if self.select != "last":
             raise ValueError(
                 f"select = {self.select!r} needs a validation split, which this experiment does "
@@ -288,6 +298,8 @@ def build_problem(
 def _model(config: InterpolationConfig, num_classes: int) -> nn.Module:
     if config.model == "resnet18":
         return ResNet18(num_classes)
+    if config.model == "conv-mlp":
+        return ConvMLP(num_classes, config.width or DEFAULT_WIDTH, config.hidden or DEFAULT_HIDDEN)
     return SmallCNN(num_classes, config.width or DEFAULT_WIDTH)
 
 
@@ -457,7 +469,7 @@ class InterpolationExperiment(Experiment):
             f"interpolation [{config.formulation}]: {config.dataset} "
             f"{num_train} train / {int(y_test.shape[0])} test images, {num_classes} classes, "
             f"{config.model}"
-            + (f" width {config.width or DEFAULT_WIDTH}" if config.model == "small-cnn" else "")
+            + (f" width {config.width or DEFAULT_WIDTH}" if config.model != "resnet18" else "")
             + f" ({sum(p.numel() for p in model.parameters())} parameters), "
             f"{len(batches)} steps/epoch × {config.epochs} epochs"
         )

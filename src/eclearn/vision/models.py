@@ -1,10 +1,10 @@
-"""Image classifiers for 32x32 inputs: the CIFAR ResNet-18 and a small CNN for CPU runs."""
+"""Image classifiers for 32x32 inputs: the CIFAR ResNet-18 and two small networks for CPU runs."""
 
 from __future__ import annotations
 
 from torch import Tensor, nn
 
-__all__ = ["BasicBlock", "ResNet18", "SmallCNN"]
+__all__ = ["BasicBlock", "ConvMLP", "ResNet18", "SmallCNN"]
 
 
 def _check_args(where: str, **values: int) -> None:
@@ -93,3 +93,40 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.fc(self.features(x).flatten(1))
+
+
+class ConvMLP(nn.Module):
+    """Three conv stages and a wide fully connected head: cheap to run, able to interpolate.
+
+    (conv-BN-ReLU, 2x2 max-pool) at ``width``, ``2 * width`` and ``4 * width`` channels turn a
+    32x32 image into a 4x4 map, which a ``hidden``-unit ReLU layer and a linear head classify.
+    At ``width=32`` it has 1.15M parameters (17x SmallCNN's) for about half SmallCNN's
+    multiply-adds: most parameters sit in the head, whose cost per image is one matrix-vector
+    product. That is what the CPU interpolation preset needs: enough capacity to drive every
+    training loss to ~0 on 10 000 images within minutes on two cores. Inputs must be 32x32.
+    """
+
+    def __init__(self, num_classes: int = 10, width: int = 32, hidden: int = 512) -> None:
+        super().__init__()
+        _check_args("ConvMLP", num_classes=num_classes, width=width, hidden=hidden)
+        self.features = nn.Sequential(
+            *_conv_bn_relu(3, width),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(width, 2 * width),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(2 * width, 4 * width),
+            nn.MaxPool2d(2),
+        )
+        self.head = nn.Sequential(
+            nn.Linear(4 * width * 4 * 4, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.shape[-2:] != (32, 32):
+            raise ValueError(
+                f"ConvMLP expects 32x32 images, got {tuple(x.shape[-2:])}; "
+                "use SmallCNN or ResNet18 for other sizes"
+            )
+        return self.head(self.features(x).flatten(1))

@@ -91,3 +91,18 @@ def test_diagnostics_are_counted_in_the_table_and_listed_in_notes():
     assert table.notes == ["penalty: seed 0, 1: c: still violated"]
     (compact,) = build_tables(group_runs(runs), compact=True)
     assert "1 diagnostic(s)" in compact.notes[0]
+
+
+def test_group_means_of_feasibility_runs_are_nan_without_warnings():
+    import warnings
+
+    import numpy as np
+
+    from eclearn.report.figures import _mean_over_runs
+
+    objective = [np.array([np.nan, np.nan]), np.array([np.nan, np.nan])]
+    violation = [np.array([1.0, np.nan]), np.array([3.0, 2.0])]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert np.isnan(_mean_over_runs(objective)).all()
+        np.testing.assert_array_equal(_mean_over_runs(violation), [2.0, 2.0])

@@ -205,6 +205,16 @@ def run_figures(
     return paths
 
 
+def _mean_over_runs(series: Sequence[np.ndarray]) -> np.ndarray:
+    """Elementwise mean ignoring NaN; NaN (without a warning) where every run is NaN, as
+    the objective of a feasibility problem is."""
+    stacked = np.asarray(series, dtype=float)
+    finite = ~np.isnan(stacked)
+    counts = finite.sum(axis=0)
+    totals = np.where(finite, stacked, 0.0).sum(axis=0)
+    return np.divide(totals, counts, out=np.full(counts.shape, np.nan), where=counts > 0)
+
+
 def comparison_figure(
     series: Mapping[str, Sequence[History]],
     constraints: Sequence[Mapping[str, Any]] | None,
@@ -224,8 +234,8 @@ def comparison_figure(
         if steps is None:
             continue
         n = len(steps)
-        obj = np.nanmean([o[:n] for o in objective], axis=0)
-        viol = np.nanmean([w[:n] for w in worst], axis=0)
+        obj = _mean_over_runs([o[:n] for o in objective])
+        viol = _mean_over_runs([w[:n] for w in worst])
         if np.isfinite(obj).any():
             _plot(ax_obj, steps, obj, label, color, raw=False)
         _plot(ax_viol, steps, _positive(viol), label, color, raw=False, smooth=False)

@@ -83,7 +83,10 @@ def test_unknown_key_names_path_source_suggestion_and_allowed_keys():
     (line,) = _errors({"lrr": 0.1}, "--set lrr=0.1")
     assert line.startswith("lrr (from --set lrr=0.1): unknown key")
     assert "did you mean 'lr'" in line
-    assert "allowed keys: candidates, certify, checkpoint_every, confidence, epochs, formulation, lr, model, select, tags" in line
+    assert (
+        "allowed keys: candidates, certify, checkpoint_every, confidence, epochs, formulation, lr, model, select, tags"
+        in line
+    )
 
 
 def test_unknown_nested_key_lists_the_nested_fields():

@@ -948,8 +948,9 @@ class _Progress(Callback):
     def on_fit_end(self, solver: PrimalDual, result: FitResult) -> None:
         if self.bar is not None:
             # A short run can end inside tqdm's refresh interval; draw the final state once.
-            objective, worst = self._status(solver)
-            self.bar.set_postfix({"obj": f"{objective:.4g}", "max viol": f"{worst:.3g}"})
+            if solver.latest():
+                objective, worst = self._status(solver)
+                self.bar.set_postfix({"obj": f"{objective:.4g}", "max viol": f"{worst:.3g}"})
             self.bar.close()
             self.bar = None
 

@@ -20,12 +20,7 @@ CONFIGS = Path(ecl.__file__).parent / "configs"
 TINY = {"num_points": 64, "pointwise_points": 32, "curve_grid": (32, 11), "heldout_points": 256}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make(tmp_path: Path, seed: int = 0, **overrides):

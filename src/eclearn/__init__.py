@@ -2,10 +2,12 @@
 
 Declare a :class:`Problem` from one ``evaluate(model, batch)`` function and its
 :class:`Equality` / :class:`Inequality` constraints, train it with :class:`PrimalDual`
-(dual ascent on the empirical Lagrangian), and judge held-out data with :func:`evaluate`.
+(dual ascent on the empirical Lagrangian), pick the model to ship with ``ecl.select``, and
+judge held-out data with :func:`evaluate` and :func:`certify`.
 """
 
-from eclearn import dual
+from eclearn import dual, measures
+from eclearn import selection as select
 from eclearn._io import load_checkpoint, save_checkpoint
 from eclearn._rng import seed_everything
 from eclearn.batches import Batches
@@ -13,11 +15,20 @@ from eclearn.certify import Certificate, certify, check_sensitivity, duality_gap
 from eclearn.diagnostics import Diagnostic, DiagnosticWarning
 from eclearn.evaluation import ConstraintReport, EvaluationReport, evaluate
 from eclearn.formulations import AugmentedLagrangian, Formulation, Lagrangian, Penalty
-from eclearn.history import History
-from eclearn.problem import Constraint, Equality, Inequality, Problem, ProblemError
-from eclearn.ratio import Ratio
+from eclearn.history import Columns, History
+from eclearn.problem import Constraint, Equality, Evaluation, Inequality, Problem, ProblemError
 from eclearn.recovery import CandidateRecorder, MixtureModel, Recovered, recover
-from eclearn.solver import Callback, FitResult, PrimalDual, StoppingRule
+from eclearn.solver import (
+    Callback,
+    CheckpointMismatch,
+    FitResult,
+    ObjectiveWarmStart,
+    Patience,
+    PrimalDual,
+    StepRecord,
+    StoppingRule,
+)
+from eclearn.statistics import Proxy, Ratio
 
 __version__ = "0.1.0"
 
@@ -27,11 +38,14 @@ __all__ = [
     "Callback",
     "CandidateRecorder",
     "Certificate",
+    "CheckpointMismatch",
+    "Columns",
     "Constraint",
     "ConstraintReport",
     "Diagnostic",
     "DiagnosticWarning",
     "Equality",
+    "Evaluation",
     "EvaluationReport",
     "FitResult",
     "Formulation",
@@ -39,12 +53,16 @@ __all__ = [
     "Inequality",
     "Lagrangian",
     "MixtureModel",
+    "ObjectiveWarmStart",
+    "Patience",
     "Penalty",
     "PrimalDual",
     "Problem",
     "ProblemError",
+    "Proxy",
     "Ratio",
     "Recovered",
+    "StepRecord",
     "StoppingRule",
     "__version__",
     "certify",
@@ -53,7 +71,9 @@ __all__ = [
     "duality_gap",
     "evaluate",
     "load_checkpoint",
+    "measures",
     "recover",
     "save_checkpoint",
     "seed_everything",
+    "select",
 ]

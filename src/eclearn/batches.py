@@ -1,4 +1,5 @@
-"""In-memory batch iterables: a dict of tensors served as shuffled dict batches.
+"""In-memory batch iterables: a dict of tensors served as shuffled dict batches, and the
+seeded train/validation split that model selection needs.
 
 Shuffling and any ``transform`` draw from torch's global RNG, so the solver's checkpoints
 (which save the RNG state at the start of each epoch) resume such a stream exactly.
@@ -11,7 +12,52 @@ from collections.abc import Callable, Iterator, Mapping
 import torch
 from torch import Tensor
 
-__all__ = ["Batches"]
+__all__ = ["Batches", "validation_split"]
+
+
+def validation_split(
+    data: Mapping[str, Tensor],
+    fraction: float,
+    *,
+    seed: int,
+    stratify: Tensor | None = None,
+) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """Split the rows of ``data`` into ``(train, validation)``, ``validation`` holding
+    ``round(fraction · n)`` rows drawn with a generator seeded by ``seed`` (independent of
+    the global RNG). With ``stratify`` (one integer label per row, e.g. group × class) every
+    stratum keeps its share: each contributes ``round(fraction · n_stratum)`` rows, at least
+    one when it has two or more. Model selection judges candidates on the validation part;
+    the test split is never touched."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"validation fraction must lie in (0, 1), got {fraction!r}")
+    n = int(next(iter(data.values())).shape[0])
+    generator = torch.Generator().manual_seed(int(seed))
+    if stratify is None:
+        order = torch.randperm(n, generator=generator)
+        take = max(1, round(fraction * n))
+        if take >= n:
+            raise ValueError(f"a validation fraction of {fraction} leaves no training rows of {n}")
+        chosen = order[:take]
+    else:
+        labels = torch.as_tensor(stratify).reshape(-1).long().cpu()
+        if labels.numel() != n:
+            raise ValueError(f"stratify has {labels.numel()} labels for {n} rows")
+        picks = []
+        for value in torch.unique(labels):
+            members = torch.nonzero(labels == value).reshape(-1)
+            members = members[torch.randperm(members.numel(), generator=generator)]
+            take = round(fraction * members.numel())
+            if members.numel() >= 2:
+                take = min(max(take, 1), members.numel() - 1)
+            else:
+                take = 0
+            picks.append(members[:take])
+        chosen = torch.cat(picks)
+    mask = torch.zeros(n, dtype=torch.bool)
+    mask[chosen] = True
+    train = {k: v[~mask.to(v.device)] for k, v in data.items()}
+    validation = {k: v[mask.to(v.device)] for k, v in data.items()}
+    return train, validation
 
 
 class Batches:

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from eclearn.dual import SGD
 from eclearn.evaluation import evaluate
 from eclearn.problem import Constraint, Problem
-from eclearn.ratio import Ratio
 
 __all__ = [
     "Certificate",
@@ -157,16 +156,10 @@ def _block_sums(
         with torch.no_grad() if inference else torch.enable_grad():
             for batch in batches:
                 ev = problem(model, batch, exact=True)
-                size = float(ev.batch_size)
                 for c in problem.average:
-                    if c.name in ev.ratios:
-                        r: Ratio = ev.ratios[c.name]
-                        num, den = r.numerator.detach(), r.denominator.detach()
-                    else:
-                        num = ev.values[c.name].detach() * size
-                        den = torch.full_like(num, size)
-                    parts[c.name][0].append(num.double().cpu().numpy())
-                    parts[c.name][1].append(den.double().cpu().numpy())
+                    num, den = ev.sums(c.name, exact=True)
+                    parts[c.name][0].append(num.detach().double().cpu().numpy())
+                    parts[c.name][1].append(den.detach().double().cpu().numpy())
     finally:
         model.train(was_training)
     return {n: (np.stack(a), np.stack(b)) for n, (a, b) in parts.items() if a}
@@ -199,7 +192,7 @@ def _row_bootstrap(
                 }
                 ev = problem(model, sample, exact=True)
                 for c in problem.average:
-                    out[c.name].append(ev.values[c.name].detach().double().cpu().numpy())
+                    out[c.name].append(ev.measured(c.name).double().cpu().numpy())
     finally:
         model.train(was_training)
     return {name: np.stack(values) for name, values in out.items()}
@@ -295,8 +288,10 @@ def certify(
             half = (b - a) * np.sqrt(np.log(2 / alpha) / (2 * count))
             low, high = point - half, point + half
         mu = multipliers[c.name].detach().double().reshape(-1).cpu().numpy()
+        # the interval of the signed violation (bound − value for a "≥" inequality)
         intervals = [
-            (float(lo - t), float(hi - t)) for lo, hi, t in zip(low, high, target, strict=True)
+            (float(lo - t), float(hi - t)) if c.sign > 0 else (float(t - hi), float(t - lo))
+            for lo, hi, t in zip(low, high, target, strict=True)
         ]
         certificates[c.name] = ConstraintCertificate(
             name=c.name,

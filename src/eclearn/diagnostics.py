@@ -1,14 +1,15 @@
 """Failure signatures read off a training history, each with what to do about it.
 
-Only constraints still violated at the end are examined: the signed violation averaged
-over the last quarter of the fit is beyond the constraint's tolerance (pointwise
-constraints: the batch mean |violation|). Averaging the signed value keeps mini-batch noise
-around zero from reading as a violation.
+Only constraints still violated at the end are examined: the excess (:mod:`eclearn.measures`)
+of the signed violation averaged over the last quarter of the fit is beyond the
+constraint's tolerance (pointwise constraints: the batch-mean excess). Averaging the signed
+value keeps mini-batch noise around zero from reading as a violation. Everything is read
+through the history's schema: the *measured* values (the exact part of a proxy).
 
 - ``diverging``: the multiplier keeps growing in magnitude (steadily, by more than 30% over
   the last half of the fit) while the violation does not shrink — the constraint is infeasible for this model/data, or the dual step is too large;
-- ``oscillation``: the (smoothed) violation swings across zero repeatedly with an
-  amplitude far above tolerance — the dual learning rate is too large for the primal
+- ``oscillation``: the (smoothed) measured violation swings across zero at least three
+  times with an amplitude far above tolerance — the dual learning rate is too large for the primal
   dynamics (checked even when the swings average out);
 - ``drift``: the multiplier has settled but the violation does not go to zero — the
   primal optimizer does not reach the constrained minimiser (capacity, primal lr, K);
@@ -21,7 +22,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from eclearn.history import History
+from eclearn.history import Columns, History
+from eclearn.measures import excess
 from eclearn.problem import Problem
 
 __all__ = ["Diagnostic", "DiagnosticWarning", "diagnose"]
@@ -45,29 +47,35 @@ class Diagnostic:
 
 
 def _series(history: History, problem: Problem, start: int):
-    """(component label, constraint, violation series, multiplier series) per component."""
+    """(component label, component, violation series, multiplier series) per component, read
+    through the history's schema (rebuilt from the names and ``problem``'s declarations for a
+    history of plain column names): the signed violation of an average component, the
+    batch-mean excess of a pointwise constraint."""
     data = history.to_numpy()[start:]
-    cols = {c: i for i, c in enumerate(history.columns)}
-    for c in problem.constraints:
-        if c.pointwise:
-            yield (
-                c.name,
-                c,
-                data[:, cols[f"violation/{c.name}/mean_abs"]],
-                data[:, cols[f"multiplier/{c.name}/norm"]],
-            )
-            continue
-        for name in c.component_names():
-            yield name, c, data[:, cols[f"violation/{name}"]], data[:, cols[f"multiplier/{name}"]]
+    schema = history.schema
+    if not schema.components:
+        schema = Columns.from_names(history.columns, problem.describe())
+    for comp in schema.components:
+        column = comp.excess_mean if comp.pointwise else comp.violation
+        yield (
+            comp.label,
+            comp,
+            data[:, schema.index[column]],
+            data[:, schema.index[comp.multiplier]],
+        )
 
 
 def _swings(v: np.ndarray, tol: float) -> tuple[int, float]:
-    """Sign changes and amplitude of the violation after a moving average that removes
-    step-to-step (mini-batch) noise: dual oscillations are slow swings, noise is not."""
+    """Sign changes of the violation after a moving average that removes step-to-step
+    (mini-batch) noise (dual oscillations are slow swings, noise is not), and the amplitude
+    (half the peak-to-peak range) of its second half — a swing that dies out is converging."""
     k = max(1, min(len(v) // 20, 50))
     smooth = np.convolve(v, np.ones(k) / k, mode="valid")
+    if len(smooth) < 2:
+        return 0, 0.0
     signs = np.sign(smooth[np.abs(smooth) > tol])
-    return int(np.count_nonzero(signs[1:] != signs[:-1])), float(smooth.std())
+    recent = smooth[len(smooth) // 2 :]
+    return int(np.count_nonzero(signs[1:] != signs[:-1])), float(np.ptp(recent) / 2)
 
 
 def diagnose(
@@ -83,23 +91,27 @@ def diagnose(
     found: list[Diagnostic] = []
     for label, c, v, m in _series(history, problem, start):
         tol = c.tolerance
-        if c.pointwise:  # already the batch's mean |violation|
+        if c.pointwise:  # already the batch's mean excess
             q4, q3 = v[-quarter:].mean(), v[-2 * quarter : -quarter].mean()
         else:
             # Judge the signed window mean: mini-batch noise around zero is not a violation.
             w4, w3 = v[-quarter:].mean(), v[-2 * quarter : -quarter].mean()
-            q4, q3 = (abs(w4), abs(w3)) if c.is_equality else (max(w4, 0.0), max(w3, 0.0))
+            q4, q3 = float(excess(w4, c.inequality)), float(excess(w3, c.inequality))
         crossings, amplitude = (0, 0.0) if c.pointwise else _swings(v[-2 * quarter :], tol)
-        if updates_multipliers and crossings >= 4 and amplitude > 10 * tol:
+        if updates_multipliers and crossings >= 3 and amplitude > 10 * tol:
+            period = 2 * (2 * quarter) / crossings
             found.append(
                 Diagnostic(
                     "oscillation",
                     label,
                     last_step,
                     (
-                        f"{label}: the violation swings across zero {crossings} times {where} with "
-                        f"amplitude {amplitude:.3g} (tolerance {tol:g}): lower the dual learning rate, "
-                        "or damp it with ecl.dual.NuPI(kp>0) or more primal_steps per dual step."
+                        f"{label}: the measured value swings across its target {crossings} times "
+                        f"{where} (period ≈ {period:.0f} steps, amplitude {amplitude:.3g} against "
+                        f"tolerance {tol:g}): the multipliers overshoot; lower the dual learning "
+                        "rate (or give it a decaying schedule), damp it with ecl.dual.NuPI(kp>0), "
+                        "or take more primal_steps per dual step; select the returned model with "
+                        "ecl.select.BestFeasible."
                     ),
                 )
             )

@@ -1,9 +1,11 @@
 """Held-out evaluation of the objective and every constraint.
 
-Batches are pooled exactly where the statistic says how: :class:`~eclearn.Ratio` values
-pool their numerators and denominators; plain tensors are treated as means over the
-batch's rows and pooled weighted by batch size; pointwise constraints keep every sample's
-value. Each constraint gets a feasible/infeasible verdict at a tolerance.
+Batches are pooled exactly where the statistic says how (:meth:`Evaluation.sums`):
+:class:`~eclearn.Ratio` values pool their numerators and denominators; plain tensors are
+treated as means over the batch's rows and pooled weighted by batch size; pointwise
+constraints keep every sample's value. With ``exact=True`` an :class:`~eclearn.Proxy` is
+judged on its exact part, with ``exact=False`` on its surrogate. Each constraint gets a
+feasible/infeasible verdict at a tolerance, on its excess (:mod:`eclearn.measures`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from eclearn.distributed import Communicator
-from eclearn.problem import Problem
-from eclearn.ratio import Ratio
+from eclearn.measures import beyond, excess
+from eclearn.problem import OBJECTIVE, Problem
+from eclearn.statistics import Ratio
 
 __all__ = ["ConstraintReport", "EvaluationReport", "evaluate"]
 
@@ -27,9 +30,10 @@ __all__ = ["ConstraintReport", "EvaluationReport", "evaluate"]
 class ConstraintReport:
     """One constraint on held-out data.
 
-    ``value``/``violation``: ``[size]`` for average constraints; for pointwise constraints
-    the per-sample ``[N, size]`` values, summarised by ``mean_abs_violation``,
-    ``max_abs_violation`` and ``fraction_satisfied``.
+    ``value``/``violation``: ``[size]`` for average constraints (the signed violation); for
+    pointwise constraints the per-sample ``[N, size]`` values, summarised in ``extra`` by
+    ``mean_excess``, ``max_excess`` (``|v|`` for equalities, ``[v]₊`` for inequalities) and
+    ``fraction_satisfied``.
     """
 
     name: str
@@ -44,6 +48,21 @@ class ConstraintReport:
     @property
     def feasible(self) -> bool:
         return bool(self.satisfied.all())
+
+    @property
+    def excess(self) -> Tensor:
+        """Per component (or per sample): ``|v|`` for equalities, ``[v]₊`` for inequalities."""
+        return excess(self.violation, self.kind == "inequality")
+
+    @property
+    def worst_excess(self) -> float:
+        return float(self.excess.max()) if self.excess.numel() else 0.0
+
+    @property
+    def worst_beyond(self) -> float:
+        """How far the worst component lies beyond tolerance (0 when satisfied)."""
+        over = beyond(self.violation, self.kind == "inequality", self.tolerance)
+        return float(over.max()) if over.numel() else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
@@ -69,6 +88,11 @@ class EvaluationReport:
     def feasible(self) -> bool:
         return all(r.feasible for r in self.constraints.values())
 
+    @property
+    def worst_beyond(self) -> float:
+        """The largest excess beyond tolerance over all constraints (0 when feasible)."""
+        return max((r.worst_beyond for r in self.constraints.values()), default=0.0)
+
     def __getitem__(self, name: str) -> ConstraintReport:
         return self.constraints[name]
 
@@ -89,7 +113,7 @@ class EvaluationReport:
             verdict = "feasible" if r.feasible else "INFEASIBLE"
             if r.pointwise:
                 detail = (
-                    f"max|v|={r.extra['max_abs_violation']:.3g} "
+                    f"max excess={r.extra['max_excess']:.3g} "
                     f"satisfied {r.extra['fraction_satisfied']:.1%}"
                 )
             else:
@@ -98,16 +122,20 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _to(batch: Mapping[str, Any], device: torch.device | None) -> dict[str, Any]:
+def _to(batch: Any, device: torch.device | None) -> Any:
     if device is None:
-        return dict(batch)
-    return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+        return batch
+    if isinstance(batch, Mapping):
+        return {k: v.to(device) if isinstance(v, Tensor) else v for k, v in batch.items()}
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(v.to(device) if isinstance(v, Tensor) else v for v in batch)
+    return batch
 
 
 def evaluate(
     problem: Problem,
     model: nn.Module,
-    batches: Iterable[Mapping[str, Any]],
+    batches: Iterable[Any],
     *,
     exact: bool = True,
     tolerance: float | Mapping[str, float] | None = None,
@@ -118,7 +146,8 @@ def evaluate(
 ) -> EvaluationReport:
     """Objective and constraints of ``model`` over ``batches`` (held-out data).
 
-    ``exact=True`` asks an ``evaluate`` that accepts it for the exact statistics.
+    ``exact=True`` asks an ``evaluate`` that accepts it for the exact statistics and judges
+    proxies on their exact part; ``exact=False`` reports what training differentiates.
     ``tolerance``: one number or ``{name: tol}``; default each constraint's own.
     ``inference=False`` keeps autograd on (for statistics built from input derivatives,
     such as PDE residuals). The model is put in eval mode and restored afterwards.
@@ -133,10 +162,12 @@ def evaluate(
     dev = torch.device(device) if device is not None else None
     was_training = model.training
     model.eval()
-    objective_sum, objective_weight = 0.0, 0.0
+    names = [c.name for c in problem.average]
+    # index 0 is the objective, then every average constraint's components
+    widths = [1] + [c.size for c in problem.average]
+    numerator = torch.zeros(sum(widths), dtype=torch.float64)
+    denominator = torch.zeros(sum(widths), dtype=torch.float64)
     has_objective = False
-    sums: dict[str, Tensor] = {}
-    weights: dict[str, Tensor] = {}
     pointwise: dict[str, list[Tensor]] = {c.name: [] for c in problem.pointwise}
     total = 0
     try:
@@ -144,49 +175,34 @@ def evaluate(
         with context:
             for batch in batches:
                 ev = problem(model, _to(batch, dev), exact=exact)
-                size = ev.batch_size
-                total += size
+                total += ev.batch_size
+                nums, dens = [], []
                 if ev.objective is not None:
                     has_objective = True
-                    if "objective" in ev.ratios:  # pooled by its sums, like constraints
-                        objective_sum += float(ev.ratios["objective"].numerator.detach())
-                        objective_weight += float(ev.ratios["objective"].denominator.detach())
-                    else:
-                        objective_sum += float(ev.objective.detach()) * size
-                        objective_weight += size
-                for c in problem.average:
-                    if c.name in ev.ratios:
-                        num = ev.ratios[c.name].numerator.detach().double().cpu()
-                        den = ev.ratios[c.name].denominator.detach().double().cpu()
-                    else:
-                        num = ev.values[c.name].detach().double().cpu() * size
-                        den = torch.full_like(num, float(size))
-                    sums[c.name] = sums.get(c.name, 0) + num
-                    weights[c.name] = weights.get(c.name, 0) + den
+                    num, den = ev.sums(OBJECTIVE, exact=exact)
+                else:
+                    num = den = torch.zeros(())
+                nums.append(num.detach().double().cpu().reshape(-1))
+                dens.append(den.detach().double().cpu().reshape(-1))
+                for name in names:
+                    num, den = ev.sums(name, exact=exact)
+                    nums.append(num.detach().double().cpu().reshape(-1))
+                    dens.append(den.detach().double().cpu().reshape(-1))
+                numerator += torch.cat(nums)
+                denominator += torch.cat(dens)
                 for c in problem.pointwise:
-                    pointwise[c.name].append(ev.values[c.name].detach().double().cpu())
+                    rows = ev.measured(c.name) if exact else ev.values[c.name]
+                    pointwise[c.name].append(rows.detach().double().cpu())
     finally:
         model.train(was_training)
     comm = Communicator.detect(process_group) if distributed or process_group is not None else None
     if comm is not None:
-        names = [c.name for c in problem.average]
         packed = torch.cat(
-            [
-                torch.tensor(
-                    [objective_sum, objective_weight, total, has_objective], dtype=torch.float64
-                )
-            ]
-            + [torch.as_tensor(sums[n]).reshape(-1) for n in names]
-            + [torch.as_tensor(weights[n]).reshape(-1) for n in names]
+            [torch.tensor([total, has_objective], dtype=torch.float64), numerator, denominator]
         )
         packed = comm.all_reduce_sum(packed)
-        objective_sum, objective_weight = float(packed[0]), float(packed[1])
-        total, has_objective = int(packed[2]), bool(packed[3])
-        offset = 4
-        for store in (sums, weights):
-            for c in problem.average:
-                store[c.name] = packed[offset : offset + c.size]
-                offset += c.size
+        total, has_objective = int(packed[0]), bool(packed[1])
+        numerator, denominator = packed[2:].chunk(2)
         for c in problem.pointwise:
             local = (
                 torch.cat(pointwise[c.name]).reshape(-1) if pointwise[c.name] else torch.zeros(0)
@@ -199,28 +215,35 @@ def evaluate(
             pointwise[c.name] = [torch.cat(pieces).reshape(-1, c.size)]
     if total == 0:
         raise ValueError("evaluate: the batch iterable produced no batches")
+    pooled = Ratio(numerator, denominator).value
     reports: dict[str, ConstraintReport] = {}
+    offset = 1
+    starts = {}
+    for c in problem.average:
+        starts[c.name] = offset
+        offset += c.size
     for c in problem.constraints:
         tol = c.tolerance_for(tolerance)
         if c.pointwise:
             value = torch.cat(pointwise[c.name])
             violation = c.violation(value)
             satisfied = c.satisfied(violation, tol)
+            measured = excess(violation, not c.is_equality)
             extra = {
-                "mean_abs_violation": float(violation.abs().mean()),
-                "max_abs_violation": float(violation.abs().max()),
+                "mean_excess": float(measured.mean()),
+                "max_excess": float(measured.max()),
                 "fraction_satisfied": float(satisfied.double().mean()),
                 "num_samples": int(value.shape[0]),
             }
         else:
-            value = Ratio(sums[c.name], weights[c.name]).value
+            value = pooled[starts[c.name] : starts[c.name] + c.size]
             violation = c.violation(value)
             satisfied = c.satisfied(violation, tol)
             extra = {}
         reports[c.name] = ConstraintReport(
             c.name, c.kind, c.pointwise, value, violation, tol, satisfied, extra
         )
-    objective = objective_sum / objective_weight if has_objective else None
+    objective = float(pooled[0]) if has_objective else None
     if objective is not None and not math.isfinite(objective):
         objective = float("nan")
     return EvaluationReport(objective, reports, total)

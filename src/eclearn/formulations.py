@@ -12,15 +12,23 @@ All share the solver loop, so baselines are compared apples to apples.
   method of multipliers.
 
 Pointwise terms are batch means over the rows: ``(1/B) Σ_i term(μ_i, v_i)``.
+
+**Schedules.** Penalty weights and the augmented Lagrangian's ``ρ`` may grow during
+training, as in the classical method of multipliers: ``schedule`` is a callable
+``k -> factor`` of the dual-step counter ``k`` or a number ``γ ≥ 1`` (factor ``γᵏ``), capped
+by ``max_factor``. The solver calls :meth:`Formulation.at_step` before every step, so the
+value is a pure function of the counter and resumes exactly.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import Tensor
 
+from eclearn.measures import excess
 from eclearn.problem import Constraint, ProblemError
 
 __all__ = ["AugmentedLagrangian", "Formulation", "Lagrangian", "Penalty"]
@@ -32,6 +40,44 @@ class Formulation:
     ``dual_gradient`` the ascent direction for their multipliers."""
 
     updates_multipliers = True
+    schedule: Callable[[int], float] | float | None = None
+    max_factor: float = math.inf
+    factor: float = 1.0
+
+    def _set_schedule(
+        self, schedule: Callable[[int], float] | float | None, max_factor: float | None
+    ) -> None:
+        if (
+            schedule is not None
+            and not callable(schedule)
+            and not (
+                isinstance(schedule, (int, float))
+                and not isinstance(schedule, bool)
+                and schedule >= 1
+            )
+        ):
+            raise ValueError(
+                f"{type(self).__name__} schedule must be a callable k -> factor or a growth "
+                f"factor ≥ 1, got {schedule!r}"
+            )
+        if max_factor is not None and not max_factor >= 1:
+            raise ValueError(f"max_factor must be ≥ 1, got {max_factor!r}")
+        self.schedule = schedule
+        self.max_factor = math.inf if max_factor is None else float(max_factor)
+        self.factor = 1.0
+
+    def at_step(self, dual_step: int) -> None:
+        """Apply the schedule at dual step ``dual_step`` (sets :attr:`factor`)."""
+        if self.schedule is None:
+            return
+        raw = self.schedule(dual_step) if callable(self.schedule) else self.schedule**dual_step
+        value = float(raw)
+        if not (math.isfinite(value) and value > 0):
+            raise ValueError(
+                f"the {type(self).__name__} schedule returned {value!r} at dual step "
+                f"{dual_step}; it must be a finite factor > 0"
+            )
+        self.factor = min(value, self.max_factor)
 
     def bind(self, constraints: Sequence[Constraint]) -> None:
         """Resolve per-constraint settings against the problem's declarations."""
@@ -54,7 +100,9 @@ class Formulation:
 class Lagrangian(Formulation):
     """The (empirical) Lagrangian — the paper's formulation and the default."""
 
-    def term(self, violation, multiplier, inequality, weight):
+    def term(
+        self, violation: Tensor, multiplier: Tensor, inequality: Tensor, weight: Tensor | None
+    ) -> Tensor:
         return multiplier * violation
 
 
@@ -63,21 +111,28 @@ class Penalty(Formulation):
 
     ``weights``: one number for every constraint, or ``{name: weight}`` (a number or a
     per-component list) with an optional ``"default"``. ``power``: 1 (absolute value /
-    hinge) or 2 (squares).
+    hinge) or 2 (squares). ``schedule`` / ``max_factor``: grow every weight by a factor
+    (see the module docstring).
     """
 
     updates_multipliers = False
 
     def __init__(
-        self, weights: float | Mapping[str, float | Sequence[float]] = 1.0, power: int = 1
+        self,
+        weights: float | Mapping[str, float | Sequence[float]] = 1.0,
+        power: int = 1,
+        *,
+        schedule: Callable[[int], float] | float | None = None,
+        max_factor: float | None = None,
     ) -> None:
         if power not in (1, 2):
             raise ValueError(f"Penalty power must be 1 or 2, got {power}")
         self.raw_weights = weights
         self.power = power
         self._resolved: dict[str, Tensor] = {}
+        self._set_schedule(schedule, max_factor)
 
-    def bind(self, constraints):
+    def bind(self, constraints: Sequence[Constraint]) -> None:
         names = {c.name for c in constraints}
         if isinstance(self.raw_weights, Mapping):
             unknown = sorted(set(self.raw_weights) - names - {"default"})
@@ -106,40 +161,67 @@ class Penalty(Formulation):
                 )
             self._resolved[c.name] = w
 
-    def weights(self, constraint):
+    def weights(self, constraint: Constraint) -> Tensor | None:
         return self._resolved[constraint.name]
 
-    def term(self, violation, multiplier, inequality, weight):
-        magnitude = torch.where(inequality, violation.clamp_min(0), violation.abs())
+    def term(
+        self, violation: Tensor, multiplier: Tensor, inequality: Tensor, weight: Tensor | None
+    ) -> Tensor:
+        assert weight is not None
+        magnitude = excess(violation, inequality)
         if self.power == 2:
             magnitude = magnitude * magnitude
-        return weight.to(violation) * magnitude
+        scaled = weight.to(violation)
+        return (scaled if self.factor == 1.0 else scaled * self.factor) * magnitude
 
-    def describe(self):
+    def describe(self) -> dict[str, object]:
         return {
             "type": "Penalty",
             "power": self.power,
             "weights": {k: v.tolist() for k, v in self._resolved.items()},
+            "schedule": None if self.schedule is None else repr(self.schedule),
         }
 
 
 class AugmentedLagrangian(Formulation):
-    """Augmented Lagrangian with penalty parameter ``rho`` (see the module docstring)."""
+    """Augmented Lagrangian with penalty parameter ``rho`` (see the module docstring).
 
-    def __init__(self, rho: float = 1.0) -> None:
-        if not rho > 0:
-            raise ValueError(f"AugmentedLagrangian rho must be positive, got {rho}")
+    ``schedule`` / ``max_factor`` grow ``ρ`` during training (``ρ_k = rho · factor(k)``); the
+    current value is :attr:`current_rho`.
+    """
+
+    def __init__(
+        self,
+        rho: float = 1.0,
+        *,
+        schedule: Callable[[int], float] | float | None = None,
+        max_factor: float | None = None,
+    ) -> None:
+        if not (isinstance(rho, (int, float)) and math.isfinite(rho) and rho > 0):
+            raise ValueError(f"AugmentedLagrangian rho must be a finite positive number, got {rho}")
         self.rho = float(rho)
+        self._set_schedule(schedule, max_factor)
 
-    def term(self, violation, multiplier, inequality, weight):
-        rho = self.rho
+    @property
+    def current_rho(self) -> float:
+        return self.rho * self.factor
+
+    def term(
+        self, violation: Tensor, multiplier: Tensor, inequality: Tensor, weight: Tensor | None
+    ) -> Tensor:
+        rho = self.current_rho
         equality = multiplier * violation + 0.5 * rho * violation * violation
         shifted = (multiplier + rho * violation).clamp_min(0)
         inequality_term = (shifted * shifted - multiplier * multiplier) / (2 * rho)
         return torch.where(inequality, inequality_term, equality)
 
-    def dual_gradient(self, violation, multiplier, inequality):
-        return torch.where(inequality, torch.maximum(violation, -multiplier / self.rho), violation)
+    def dual_gradient(self, violation: Tensor, multiplier: Tensor, inequality: Tensor) -> Tensor:
+        rho = self.current_rho
+        return torch.where(inequality, torch.maximum(violation, -multiplier / rho), violation)
 
-    def describe(self):
-        return {"type": "AugmentedLagrangian", "rho": self.rho}
+    def describe(self) -> dict[str, object]:
+        return {
+            "type": "AugmentedLagrangian",
+            "rho": self.rho,
+            "schedule": None if self.schedule is None else repr(self.schedule),
+        }

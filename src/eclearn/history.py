@@ -1,17 +1,25 @@
-"""Per-step training records.
+"""Per-step training records and their column schema.
 
 Each step appends one row of numbers (objective, Lagrangian, every constraint's value,
 violation and multiplier, per-sample table summaries, learning rates). Rows are written
 into a small buffer on the training device and moved to the CPU a block at a time, so
 recording costs no device synchronisation per step.
 
-Column names:
-``step``, ``epoch``, ``lr`` (``lr/<g>`` for several parameter groups), ``objective``
-(NaN for feasibility problems), ``lagrangian`` (the primal loss); for each average constraint component
-``value/<name>``, ``violation/<name>``, ``multiplier/<name>`` (``<name>[i]`` for vector
-constraints); for each pointwise constraint ``violation/<name>/mean_abs``,
-``violation/<name>/max_abs`` (over the batch), ``multiplier/<name>/mean``,
-``multiplier/<name>/norm`` (over the whole table), ``multiplier/<name>/batch_max_abs``.
+The schema (:class:`Columns`, built from the problem; every reader asks it instead of
+parsing names):
+
+- ``step``, ``epoch``, ``lr`` (``lr/<g>`` for several parameter groups), ``dual_lr``
+  (the dual learning-rate factor of the step's schedule), ``objective`` (NaN for
+  feasibility problems; the exact part of an :class:`~eclearn.Proxy`), ``lagrangian``
+  (the primal loss);
+- per average constraint component (``<name>[i]`` for vector constraints):
+  ``value/<name>`` and the signed ``violation/<name>`` (exact values), ``multiplier/<name>``;
+- per pointwise constraint: ``excess/<name>/mean`` and ``excess/<name>/max`` over the
+  batch's samples (``|v|`` for equalities, ``[v]₊`` for inequalities, see
+  :mod:`eclearn.measures`), ``multiplier/<name>/mean`` and ``multiplier/<name>/norm`` (whole
+  table), ``multiplier/<name>/batch_max_abs``;
+- when ``evaluate`` returns proxies: ``surrogate/objective`` and ``surrogate/<name>`` for
+  every average component (the differentiated values).
 """
 
 from __future__ import annotations
@@ -20,26 +28,216 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from eclearn._io import atomic_write_text
+from eclearn.measures import excess
 
-__all__ = ["History"]
+__all__ = ["Columns", "Component", "History", "moving_average"]
 
 _BLOCK = 256
+_LEGACY = {"/mean_abs": "/mean", "/max_abs": "/max"}
+
+
+@dataclass(frozen=True)
+class Component:
+    """One measured piece of a constraint in the history: an average component (its signed
+    ``violation`` column) or a pointwise constraint (its per-batch ``excess_max`` column)."""
+
+    label: str
+    constraint: str
+    inequality: bool
+    pointwise: bool
+    tolerance: float
+    multiplier: str
+    value: str | None = None
+    violation: str | None = None
+    surrogate: str | None = None
+    excess_mean: str | None = None
+    excess_max: str | None = None
+
+
+class Columns:
+    """The history's column names and what each measures.
+
+    Build it with :meth:`for_problem` (what the solver records) or :meth:`from_names` (an
+    existing ``history.csv`` plus the constraint declarations stored beside it).
+    """
+
+    def __init__(self, names: Sequence[str], components: Sequence[Component] = ()) -> None:
+        self.names = list(names)
+        self.components = list(components)
+        self.index = {name: i for i, name in enumerate(self.names)}
+
+    @classmethod
+    def for_problem(cls, problem: Any, param_groups: int = 1, proxies: bool = False) -> Columns:
+        """The columns :class:`~eclearn.PrimalDual` records for ``problem``."""
+        names = ["step", "epoch"]
+        names += ["lr"] if param_groups == 1 else [f"lr/{g}" for g in range(param_groups)]
+        names += ["dual_lr", "objective", "lagrangian"]
+        components: list[Component] = []
+        labels = [(c, n) for c in problem.average for n in c.component_names()]
+        names += [f"value/{n}" for _, n in labels]
+        names += [f"violation/{n}" for _, n in labels]
+        names += [f"multiplier/{n}" for _, n in labels]
+        for c, n in labels:
+            components.append(
+                Component(
+                    n,
+                    c.name,
+                    not c.is_equality,
+                    False,
+                    c.tolerance,
+                    f"multiplier/{n}",
+                    value=f"value/{n}",
+                    violation=f"violation/{n}",
+                    surrogate=f"surrogate/{n}" if proxies else None,
+                )
+            )
+        for c in problem.pointwise:
+            names += [
+                f"excess/{c.name}/mean",
+                f"excess/{c.name}/max",
+                f"multiplier/{c.name}/mean",
+                f"multiplier/{c.name}/norm",
+                f"multiplier/{c.name}/batch_max_abs",
+            ]
+            components.append(
+                Component(
+                    c.name,
+                    c.name,
+                    not c.is_equality,
+                    True,
+                    c.tolerance,
+                    f"multiplier/{c.name}/norm",
+                    excess_mean=f"excess/{c.name}/mean",
+                    excess_max=f"excess/{c.name}/max",
+                )
+            )
+        if proxies:
+            names += ["surrogate/objective"] + [f"surrogate/{n}" for _, n in labels]
+        return cls(names, components)
+
+    @classmethod
+    def from_names(
+        cls, names: Sequence[str], constraints: Sequence[Mapping[str, Any]] | None = None
+    ) -> Columns:
+        """Rebuild the schema of stored columns. ``constraints`` is the problem's
+        declaration list (``Problem.describe()``, as in a run's ``config.json``): names,
+        kinds and tolerances. Histories written before the ``excess/`` columns
+        (``violation/<c>/max_abs``) are read too."""
+        declared = {c["name"]: c for c in constraints or []}
+        names = [_modern(n) for n in names]
+        present = set(names)
+        components = []
+        for name in names:
+            if name.startswith("violation/"):
+                label = name[len("violation/") :]
+                base = label.split("[")[0]
+                info = declared.get(base, {})
+                components.append(
+                    Component(
+                        label,
+                        base,
+                        info.get("kind") == "inequality",
+                        False,
+                        float(info.get("tolerance", 1e-3)),
+                        f"multiplier/{label}",
+                        value=f"value/{label}" if f"value/{label}" in present else None,
+                        violation=name,
+                        surrogate=(
+                            f"surrogate/{label}" if f"surrogate/{label}" in present else None
+                        ),
+                    )
+                )
+            elif name.startswith("excess/") and name.endswith("/max"):
+                base = name[len("excess/") : -len("/max")]
+                info = declared.get(base, {})
+                components.append(
+                    Component(
+                        base,
+                        base,
+                        info.get("kind") == "inequality",
+                        True,
+                        float(info.get("tolerance", 1e-3)),
+                        f"multiplier/{base}/norm",
+                        excess_mean=f"excess/{base}/mean",
+                        excess_max=name,
+                    )
+                )
+        return cls(names, components)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names)
+
+    def excess(self, data: np.ndarray, window: int = 1) -> np.ndarray:
+        """``[steps, components]`` excess per step (see :mod:`eclearn.measures`). With
+        ``window > 1`` the signed violation of an average component is first averaged over
+        that many steps, so mini-batch noise around zero does not read as a violation."""
+        parts = []
+        for comp in self.components:
+            if comp.pointwise:
+                series = moving_average(data[:, self.index[comp.excess_max]], window)
+            else:
+                signed = moving_average(data[:, self.index[comp.violation]], window)
+                series = excess(signed, comp.inequality)
+            parts.append(series)
+        if not parts:
+            return np.zeros((len(data), 0))
+        return np.stack(parts, axis=1)
+
+    def worst(self, data: np.ndarray, window: int = 1) -> np.ndarray:
+        """Per step, the largest excess over all components (0 without constraints)."""
+        table = self.excess(data, window)
+        if table.shape[1] == 0:
+            return np.zeros(len(data))
+        return np.where(np.isnan(table), -np.inf, table).max(axis=1).clip(min=0.0)
+
+    def worst_of(self, row: Mapping[str, float]) -> float:
+        """The largest excess in one row given as ``{column: value}``."""
+        array = np.array([[row.get(n, np.nan) for n in self.names]], dtype=np.float64)
+        return float(self.worst(array)[0]) if len(array) else 0.0
+
+
+def _modern(name: str) -> str:
+    if name.startswith("violation/"):
+        for old, new in _LEGACY.items():
+            if name.endswith(old):
+                return "excess/" + name[len("violation/") : -len(old)] + new
+    return name
+
+
+def moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing moving average that skips NaN entries (NaN where the window has none)."""
+    values = np.asarray(values, dtype=np.float64)
+    if window <= 1 or len(values) == 0:
+        return values
+    ok = np.isfinite(values)
+    sums = np.cumsum(np.where(ok, values, 0.0))
+    counts = np.cumsum(ok)
+    sums[window:] = sums[window:] - sums[:-window]
+    counts[window:] = counts[window:] - counts[:-window]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
 
 
 class History:
     """Append-only table of per-step numbers with CSV/JSONL export."""
 
-    def __init__(self, columns: Sequence[str]) -> None:
-        self.columns = list(columns)
-        self._index = {name: i for i, name in enumerate(self.columns)}
+    def __init__(self, columns: Sequence[str] | Columns) -> None:
+        self.schema = columns if isinstance(columns, Columns) else Columns(columns)
+        self.columns = list(self.schema.names)
+        self._index = self.schema.index
         self._blocks: list[np.ndarray] = []
         self._buffer: Tensor | None = None
         self._fill = 0
@@ -131,12 +329,18 @@ class History:
         return atomic_write_text(path, "\n".join(lines) + ("\n" if lines else ""))
 
     @classmethod
-    def read_csv(cls, path: str | os.PathLike[str]) -> History:
+    def read_csv(
+        cls,
+        path: str | os.PathLike[str],
+        constraints: Sequence[Mapping[str, Any]] | None = None,
+    ) -> History:
+        """Read a :meth:`to_csv` file; ``constraints`` (the declarations stored with the run)
+        restores the schema's kinds and tolerances."""
         with open(path, newline="") as handle:
             reader = csv.reader(handle)
             columns = next(reader)
             rows = [[float(v) if v != "" else math.nan for v in row] for row in reader]
-        history = cls(columns)
+        history = cls(Columns.from_names(columns, constraints))
         if rows:
             history._blocks = [np.asarray(rows, dtype=np.float64)]
         return history

@@ -5,19 +5,25 @@ of all of them is one dot product, the dual step one vectorised update, and dist
 training one collective. Each pointwise constraint owns an ``[num_samples, size]`` table
 (:class:`IndexedMultipliers`) of which a step reads and writes only the batch's rows, so
 the step cost does not grow with the table. Equality multipliers are free; inequality
-multipliers are projected onto ``≥ 0`` after every update.
+multipliers are projected onto ``≥ 0`` after every update. :class:`Multipliers` holds both
+kinds for one problem (what the solver owns and checkpoints).
+
+Memory: a table is built at its final size in one allocation (no temporary copies), and its
+running sums start from the closed form of a constant initial value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from eclearn.measures import excess
 from eclearn.problem import Constraint, ProblemError
 
-__all__ = ["DenseMultipliers", "IndexedMultipliers"]
+__all__ = ["DenseMultipliers", "IndexedMultipliers", "Multipliers"]
 
 
 class DenseMultipliers:
@@ -48,6 +54,14 @@ class DenseMultipliers:
             device=device,
         )
         self.has_inequality = bool(self.inequality.any())
+        signs = [c.sign for c in self.constraints for _ in range(c.size)]
+        self.signed = any(x != 1.0 for x in signs)
+        self.sign = torch.tensor(signs, dtype=dtype, device=device)
+
+    def violation(self, flat: Tensor) -> Tensor:
+        """Signed violations of the flat values (positive = violated)."""
+        v = flat - self.target.to(flat.dtype)
+        return v * self.sign.to(flat.dtype) if self.signed else v
 
     def __getitem__(self, name: str) -> Tensor:
         return self.value[self.slices[name]]
@@ -66,6 +80,7 @@ class DenseMultipliers:
     ) -> None:
         self.value = self.value.to(device=device, dtype=dtype)
         self.target = self.target.to(device=device, dtype=dtype)
+        self.sign = self.sign.to(device=device, dtype=dtype)
         self.inequality = self.inequality.to(device=device)
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -99,17 +114,34 @@ class IndexedMultipliers:
         self.constraint = constraint
         self.num_samples = constraint.num_samples
         self.width = constraint.size
-        self.table = (
-            constraint.init.to(dtype=dtype).to(device).expand(self.num_samples, self.width).clone()
-        )
+        init = constraint.init.to(dtype=dtype, device=device)
+        self.table = torch.empty(self.num_samples, self.width, dtype=dtype, device=device)
+        self.table.copy_(init.expand(self.num_samples, self.width))
         self.target = constraint.target.to(dtype=dtype, device=device)
+        self.sign = float(constraint.sign)
         self.nonnegative = not constraint.is_equality
-        self._refresh_sums()
+        rounded = init.double()
+        self.sum = rounded.sum() * self.num_samples
+        self.sum_sq = (rounded * rounded).sum() * self.num_samples
 
-    def _refresh_sums(self) -> None:
-        table = self.table.double()
-        self.sum = table.sum()
-        self.sum_sq = (table * table).sum()
+    def violation(self, value: Tensor) -> Tensor:
+        """Signed per-sample violations ``[B, size]`` of the batch's rows."""
+        v = value - self.target.to(value.dtype)
+        return v if self.sign == 1.0 else v * self.sign
+
+    def excess(self, value: Tensor) -> Tensor:
+        """Per-sample excess of the batch's rows: ``|v|`` (equality), ``[v]₊`` (inequality)."""
+        return excess(self.violation(value), self.nonnegative)
+
+    def _refresh_sums(self, chunk: int = 1 << 20) -> None:
+        """Recompute the running sums from the table, a chunk of rows at a time (no full copy)."""
+        total = torch.zeros((), dtype=torch.float64, device=self.table.device)
+        squares = torch.zeros((), dtype=torch.float64, device=self.table.device)
+        for start in range(0, self.num_samples, chunk):
+            rows = self.table[start : start + chunk].double()
+            total += rows.sum()
+            squares += (rows * rows).sum()
+        self.sum, self.sum_sq = total, squares
 
     def check_index(self, index: Tensor, where: str) -> None:
         """Raise when ids fall outside ``[0, num_samples)`` (one reduction, no Python loop)."""
@@ -166,9 +198,70 @@ class IndexedMultipliers:
                 f"pointwise constraint {self.constraint.name!r}: checkpoint table has shape "
                 f"{tuple(table.shape)}, the problem declares {tuple(self.table.shape)}"
             )
-        self.table = table.to(self.table)
+        self.table.copy_(table)
         if "sum" in state:
             self.sum = state["sum"].to(self.sum)
             self.sum_sq = state["sum_sq"].to(self.sum_sq)
         else:
             self._refresh_sums()
+
+
+class Multipliers:
+    """All multipliers of one problem: the flat vector of the average constraints
+    (``dense``) and one table per pointwise constraint (``tables``)."""
+
+    DENSE_KEY = "__average__"
+
+    def __init__(
+        self,
+        problem: Any,
+        dtype: torch.dtype = torch.float64,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        self.dense = DenseMultipliers(problem.average, dtype=dtype, device=device)
+        self.tables = {
+            c.name: IndexedMultipliers(c, dtype=dtype, device=device) for c in problem.pointwise
+        }
+        self.names = [c.name for c in problem.constraints]
+
+    def as_dict(self) -> dict[str, Tensor]:
+        """Copies by constraint name: average → ``[size]``, pointwise → ``[num_samples]``
+        (or ``[num_samples, size]``)."""
+        out = {c.name: self.dense[c.name].detach().clone() for c in self.dense.constraints}
+        for name, table in self.tables.items():
+            t = table.table.detach().clone()
+            out[name] = t.squeeze(1) if table.width == 1 else t
+        return out
+
+    def set(self, values: Mapping[str, Tensor]) -> None:
+        """Overwrite multipliers by name (shapes as in :meth:`as_dict`; inequalities are
+        projected onto ``≥ 0``)."""
+        for name, value in values.items():
+            if name in self.dense.slices:
+                target = self.dense.value[self.dense.slices[name]]
+                target.copy_(torch.as_tensor(value, dtype=target.dtype).reshape(target.shape))
+            elif name in self.tables:
+                table = self.tables[name]
+                rows = torch.as_tensor(value, dtype=table.table.dtype).reshape(table.table.shape)
+                table.load_state_dict({"table": rows.clamp_min(0) if table.nonnegative else rows})
+            else:
+                raise KeyError(f"no constraint {name!r}; declared: {sorted(self.names)}")
+        self.dense.project_()
+
+    def to(
+        self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
+    ) -> None:
+        self.dense.to(device, dtype)
+        for table in self.tables.values():
+            table.to(device, dtype)
+
+    def state_dict(self) -> dict[str, dict[str, Tensor]]:
+        return {
+            self.DENSE_KEY: self.dense.state_dict(),
+            **{name: t.state_dict() for name, t in self.tables.items()},
+        }
+
+    def load_state_dict(self, state: Mapping[str, Mapping[str, Tensor]]) -> None:
+        self.dense.load_state_dict(dict(state[self.DENSE_KEY]))
+        for name, table in self.tables.items():
+            table.load_state_dict(dict(state[name]))

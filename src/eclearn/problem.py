@@ -15,18 +15,21 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from eclearn.ratio import Ratio
+from eclearn.measures import excess
+from eclearn.statistics import Proxy, Ratio
 
 __all__ = ["Constraint", "Equality", "Evaluation", "Inequality", "Problem", "ProblemError"]
 
 OBJECTIVE = "objective"
+EXTRAS = "extras"
 _NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
+_RESERVED = frozenset({OBJECTIVE, EXTRAS})
 
 
 class ProblemError(ValueError):
@@ -34,15 +37,16 @@ class ProblemError(ValueError):
 
 
 class Constraint:
-    """Common declaration of an equality or inequality constraint.
+    """Common declaration of an equality or inequality constraint (use the subclasses).
 
     ``size``: number of components (vector-valued constraints have one multiplier each).
     ``pointwise``: one constraint (and multiplier) per training sample; ``evaluate`` then
     returns per-sample values of shape ``[B]`` or ``[B, size]`` and the batch carries the
     sample ids under ``index_key``. ``num_samples`` is the table length.
     ``init``: initial multiplier value. ``lr``: optional per-constraint dual learning rate
-    (overrides the dual optimizer's). ``tolerance``: |violation| (equality) or violation
-    (inequality) accepted as satisfied by stopping rules, diagnostics and verdicts.
+    (overrides the dual optimizer's). ``tolerance``: the excess (``|v|`` for equalities,
+    ``[v]₊`` for inequalities, :mod:`eclearn.measures`) accepted as satisfied by stopping
+    rules, diagnostics, selection and verdicts.
     """
 
     kind: str = ""
@@ -59,11 +63,12 @@ class Constraint:
         init: float | Sequence[float] | Tensor = 0.0,
         lr: float | None = None,
         tolerance: float = 1e-3,
+        sign: float = 1.0,
     ) -> None:
-        if not isinstance(name, str) or not _NAME_PATTERN.match(name) or name == OBJECTIVE:
+        if not isinstance(name, str) or not _NAME_PATTERN.match(name) or name in _RESERVED:
             raise ProblemError(
                 f"constraint name {name!r} is not allowed: use letters, digits, '_', '-', '.' "
-                f"(not starting with a digit) and not the reserved name {OBJECTIVE!r}"
+                f"(not starting with a digit) and not the reserved names {sorted(_RESERVED)}"
             )
         if not isinstance(size, int) or size < 1:
             raise ProblemError(f"constraint {name!r}: size must be a positive int, got {size!r}")
@@ -78,8 +83,15 @@ class Constraint:
             )
         if lr is not None and not (isinstance(lr, (int, float)) and lr >= 0 and math.isfinite(lr)):
             raise ProblemError(f"constraint {name!r}: lr must be a finite number ≥ 0, got {lr!r}")
-        if not (isinstance(tolerance, (int, float)) and tolerance >= 0):
-            raise ProblemError(f"constraint {name!r}: tolerance must be ≥ 0, got {tolerance!r}")
+        if not (
+            isinstance(tolerance, (int, float))
+            and not isinstance(tolerance, bool)
+            and math.isfinite(tolerance)
+            and tolerance >= 0
+        ):
+            raise ProblemError(
+                f"constraint {name!r}: tolerance must be a finite number ≥ 0, got {tolerance!r}"
+            )
         self.name = name
         self.size = size
         self.pointwise = pointwise
@@ -87,6 +99,7 @@ class Constraint:
         self.index_key = index_key
         self.lr = None if lr is None else float(lr)
         self.tolerance = float(tolerance)
+        self.sign = float(sign)
         self.target = self._vector(target, "rhs" if self.kind == "equality" else "bound")
         self.init = self._vector(init, "init")
         if self.kind == "inequality" and bool((self.init < 0).any()):
@@ -124,13 +137,28 @@ class Constraint:
         return replaced
 
     def violation(self, value: Tensor) -> Tensor:
-        """Signed violation ``value − rhs`` (equality) or ``value − bound`` (inequality)."""
-        return value - self.target.to(value)
+        """Signed violation ``value − rhs`` (equality) or ``value − bound`` (inequality;
+        ``bound − value`` for a ``≥`` inequality): positive means violated."""
+        v = value - self.target.to(value)
+        return v if self.sign == 1.0 else v * self.sign
 
     def satisfied(self, violation: Tensor, tolerance: float | None = None) -> Tensor:
         """Boolean per component: ``|v| ≤ tol`` (equality) or ``v ≤ tol`` (inequality)."""
         tol = self.tolerance if tolerance is None else tolerance
-        return violation.abs() <= tol if self.is_equality else violation <= tol
+        return excess(violation, not self.is_equality) <= tol
+
+    def describe(self) -> dict[str, Any]:
+        """Plain description: name, kind, size, pointwise, tolerance, target, direction."""
+        return {
+            "name": self.name,
+            "kind": self.kind,
+            "size": self.size,
+            "pointwise": self.pointwise,
+            "num_samples": self.num_samples,
+            "tolerance": self.tolerance,
+            "target": self.target.tolist(),
+            "sense": "==" if self.is_equality else ("<=" if self.sign > 0 else ">="),
+        }
 
     def component_names(self) -> list[str]:
         if self.size == 1:
@@ -139,11 +167,24 @@ class Constraint:
 
     def __repr__(self) -> str:
         extra = f", pointwise=True, num_samples={self.num_samples}" if self.pointwise else ""
+        if self.sign < 0:
+            extra += ", sense='>='"
         return f"{type(self).__name__}({self.name!r}, size={self.size}{extra})"
 
 
 class Equality(Constraint):
-    """``E[h] = rhs`` (or ``h(x) = rhs`` for every sample with ``pointwise=True``); free multiplier."""
+    """An equality constraint, ``E[h(f_θ(x), y)] = b`` (average) or ``h(f_θ(x), y) = b`` for
+    every training sample (``pointwise=True``).
+
+    It enters the empirical Lagrangian as ``μᵀ(ĥ − b)`` with a *free* multiplier ``μ``
+    (any sign): the dual step is ``μ ← μ + η (ĥ − b)``. At a solution ``μ`` prices the
+    constraint: moving ``b`` by ``Δb`` changes the optimal objective by about ``−μᵀΔb``
+    (see :func:`eclearn.certify`). ``evaluate`` returns ``ĥ`` under this constraint's name: a
+    ``[size]`` tensor, an :class:`~eclearn.Ratio`, or an :class:`~eclearn.Proxy`; pointwise
+    constraints return per-sample rows and need sample ids in ``batch[index_key]``.
+
+    ``rhs``: ``b`` (a number or ``size`` numbers). Other arguments: see :class:`Constraint`.
+    """
 
     kind = "equality"
 
@@ -178,7 +219,16 @@ class Equality(Constraint):
 
 
 class Inequality(Constraint):
-    """``E[g] ≤ bound`` (or per sample with ``pointwise=True``); multiplier kept ≥ 0."""
+    """An inequality constraint, ``E[g(f_θ(x), y)] ≤ c`` (average) or per sample
+    (``pointwise=True``); ``sense=">="`` declares ``E[g] ≥ c`` instead.
+
+    It enters the Lagrangian as ``λᵀ(ĝ − c)`` (``λᵀ(c − ĝ)`` for ``≥``) with ``λ ≥ 0``: the
+    dual step is ``λ ← [λ + η (ĝ − c)]₊``, so the multiplier grows while the constraint is
+    violated and decays to 0 when it holds with slack (complementary slackness). Slack is
+    never counted as a violation (excess ``[ĝ − c]₊``).
+
+    ``bound``: ``c`` (a number or ``size`` numbers). Other arguments: see :class:`Constraint`.
+    """
 
     kind = "inequality"
 
@@ -188,6 +238,7 @@ class Inequality(Constraint):
         size: int = 1,
         *,
         bound: float | Sequence[float] | Tensor = 0.0,
+        sense: str = "<=",
         pointwise: bool = False,
         num_samples: int | None = None,
         index_key: str = "index",
@@ -195,6 +246,11 @@ class Inequality(Constraint):
         lr: float | None = None,
         tolerance: float = 1e-3,
     ) -> None:
+        if sense not in ("<=", ">="):
+            raise ProblemError(
+                f"inequality {name!r}: sense must be '<=' (value ≤ bound) or '>=' "
+                f"(value ≥ bound), got {sense!r}"
+            )
         super().__init__(
             name,
             size,
@@ -205,22 +261,31 @@ class Inequality(Constraint):
             init=init,
             lr=lr,
             tolerance=tolerance,
+            sign=1.0 if sense == "<=" else -1.0,
         )
 
     @property
     def bound(self) -> Tensor:
         return self.target
 
+    @property
+    def sense(self) -> str:
+        return "<=" if self.sign > 0 else ">="
+
 
 @dataclass
 class Evaluation:
     """Validated output of one ``evaluate`` call.
 
-    ``values[name]``: average constraints → ``[size]`` tensor (the batch statistic);
-    pointwise constraints → ``[B, size]`` per-sample values. ``ratios`` keeps the
-    ``Ratio`` parts of average constraints that were returned as ratios (for exact
-    pooling). ``indices[name]``: the ``[B]`` sample ids of pointwise constraints.
-    ``batch_size``: rows in the batch (weights plain means when pooling batches).
+    ``objective`` and ``values`` are what the primal step differentiates (the ``surrogate``
+    part of an :class:`~eclearn.Proxy`): average constraints → ``[size]``, pointwise →
+    ``[B, size]`` per-sample rows. ``exact`` / ``exact_objective`` hold the detached
+    ``exact`` parts of the entries returned as proxies; :meth:`measured` gives the value the
+    dual step, history, stopping and selection use. ``ratios`` / ``exact_ratios`` keep the
+    :class:`~eclearn.Ratio` parts (for exact pooling, :meth:`sums`). ``indices[name]``: the
+    ``[B]`` sample ids of pointwise constraints. ``batch_size``: rows in the batch.
+    ``extras``: whatever ``evaluate`` returned under ``"extras"`` (passed through untouched,
+    e.g. per-class sums a callback logs).
     """
 
     objective: Tensor | None
@@ -228,10 +293,65 @@ class Evaluation:
     ratios: dict[str, Ratio]
     indices: dict[str, Tensor]
     batch_size: int
+    exact: dict[str, Tensor] = field(default_factory=dict)
+    exact_ratios: dict[str, Ratio] = field(default_factory=dict)
+    exact_objective: Tensor | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def has_proxies(self) -> bool:
+        return bool(self.exact) or self.exact_objective is not None
+
+    def measured(self, name: str) -> Tensor:
+        """The value the dual step uses: the exact part of a proxy, else the value (detached)."""
+        exact = self.exact.get(name)
+        return exact if exact is not None else self.values[name].detach()
+
+    @property
+    def measured_objective(self) -> Tensor | None:
+        if self.exact_objective is not None:
+            return self.exact_objective
+        return None if self.objective is None else self.objective.detach()
+
+    def sums(self, name: str, exact: bool = True) -> tuple[Tensor, Tensor]:
+        """``(numerator, denominator)`` that pool this average statistic (or ``"objective"``)
+        over batches and processes: a :class:`~eclearn.Ratio`'s own parts, a plain mean of
+        ``B`` rows as ``(B·v, B)``. ``exact=False`` takes the surrogate part of a proxy.
+        Not detached (the distributed primal loss differentiates the surrogate's sums)."""
+        use_exact = exact and (
+            name in self.exact or (name == OBJECTIVE and self.exact_objective is not None)
+        )
+        ratios = self.exact_ratios if use_exact else self.ratios
+        if name in ratios:
+            ratio = ratios[name]
+            return ratio.numerator, ratio.denominator.to(ratio.numerator.dtype)
+        if name == OBJECTIVE:
+            value = self.exact_objective if use_exact else self.objective
+        else:
+            value = self.exact[name] if use_exact else self.values[name]
+        assert value is not None
+        size = float(self.batch_size)
+        return value * size, torch.full_like(value, size).detach()
+
+    def frozen(self) -> Evaluation:
+        """A detached copy of the numbers (statistics, not activations): the values may alias
+        parameters that the primal step changes in place."""
+        return Evaluation(
+            None if self.objective is None else self.objective.detach().clone(),
+            {k: v.detach().clone() for k, v in self.values.items()},
+            {k: r.detach() for k, r in self.ratios.items()},
+            self.indices,
+            self.batch_size,
+            {k: v.clone() for k, v in self.exact.items()},
+            dict(self.exact_ratios),
+            None if self.exact_objective is None else self.exact_objective.clone(),
+            self.extras,
+        )
 
 
-def _batch_size(batch: Mapping[str, Any]) -> int:
-    for value in batch.values():
+def _batch_size(batch: Any) -> int:
+    values = batch.values() if isinstance(batch, Mapping) else batch
+    for value in values:
         if isinstance(value, Tensor) and value.dim() > 0:
             return int(value.shape[0])
     return 1
@@ -241,10 +361,12 @@ class Problem:
     """A constrained learning problem: ``evaluate`` plus the declared constraints.
 
     ``evaluate(model, batch[, exact=...]) -> dict`` returns ``"objective"`` (a scalar;
-    omit it for a feasibility problem) and one entry per constraint name: a tensor, or a
-    :class:`~eclearn.Ratio` for average constraints that are ratios of sums. If it
-    accepts an ``exact`` keyword, training calls it with ``exact=False`` (smooth
-    surrogates) and :func:`eclearn.evaluate` with ``exact=True`` (the real statistics).
+    omit it for a feasibility problem) and one entry per constraint name: a tensor, an
+    :class:`~eclearn.Ratio` for average statistics that are ratios of sums, or an
+    :class:`~eclearn.Proxy` pairing a differentiable surrogate with the exact statistic.
+    An optional ``"extras"`` entry (any object) is passed through to callbacks.
+    If ``evaluate`` accepts an ``exact`` keyword, training calls it with ``exact=False``
+    and :func:`eclearn.evaluate` with ``exact=True`` (the real statistics).
     """
 
     def __init__(
@@ -271,6 +393,7 @@ class Problem:
         self.by_name: dict[str, Constraint] = {c.name: c for c in constraints}
         self.average: list[Constraint] = [c for c in constraints if not c.pointwise]
         self.pointwise: list[Constraint] = [c for c in constraints if c.pointwise]
+        self._allowed = set(self.by_name) | {OBJECTIVE, EXTRAS}
         try:
             params = inspect.signature(evaluate).parameters
         except (TypeError, ValueError):
@@ -295,13 +418,28 @@ class Problem:
             for c in self.constraints
         ]
 
+    def describe(self) -> list[dict[str, Any]]:
+        """Every declaration in full (:meth:`Constraint.describe`): what run directories store."""
+        return [c.describe() for c in self.constraints]
+
     def __call__(
         self, model: Any, batch: Mapping[str, Any], *, exact: bool = False, step: int | None = None
     ) -> Evaluation:
-        """Run ``evaluate`` once and validate its output."""
-        if not isinstance(batch, Mapping):
+        """Run ``evaluate`` once and validate its output. ``batch`` is a dict of tensors, or
+        a tuple/list of tensors passed to ``evaluate`` as it is (pointwise constraints need a
+        dict: their sample ids are looked up by key)."""
+        if not isinstance(batch, Mapping) and (
+            not isinstance(batch, (tuple, list)) or self.pointwise
+        ):
+            hint = (
+                " (pointwise constraints look up their sample ids by key; name the items "
+                "with keys=...)"
+                if self.pointwise and isinstance(batch, (tuple, list))
+                else " or a tuple/list of tensors"
+            )
             raise ProblemError(
-                f"{self._where(step)}: a batch must be a dict of tensors, got {type(batch).__name__}"
+                f"{self._where(step)}: a batch must be a dict of tensors{hint}, got "
+                f"{type(batch).__name__}"
             )
         for c in self.pointwise:
             if c.index_key not in batch:
@@ -310,77 +448,100 @@ class Problem:
                     f"in batch[{c.index_key!r}] (int64), but the batch has keys {sorted(batch)}; "
                     "add them (ecl.Batches does) or set index_key= on the constraint"
                 )
-        if self._takes_exact:
-            out = self.evaluate_fn(model, batch, exact=exact)
-        else:
-            out = self.evaluate_fn(model, batch)
+        try:
+            if self._takes_exact:
+                out = self.evaluate_fn(model, batch, exact=exact)
+            else:
+                out = self.evaluate_fn(model, batch)
+        except KeyError as err:
+            key = err.args[0] if err.args else "?"
+            if not isinstance(batch, Mapping) or not isinstance(key, str) or key in batch:
+                raise
+            raise ProblemError(
+                f"{self._where(step)}: evaluate looked up batch key {key!r}, which the batch does "
+                f"not have (keys: {sorted(map(str, batch))}); add it to the batches or fix the "
+                "key in evaluate"
+            ) from err
         return self.validate(out, batch, step=step)
 
     def _where(self, step: int | None) -> str:
         return "evaluate" if step is None else f"step {step}"
 
     def validate(
-        self, out: Mapping[str, Any], batch: Mapping[str, Any], *, step: int | None = None
+        self, out: Mapping[str, Any], batch: Any, *, step: int | None = None
     ) -> Evaluation:
+        """Check what ``evaluate`` returned and turn it into an :class:`Evaluation`."""
         where = self._where(step)
         if not isinstance(out, Mapping):
             raise ProblemError(
                 f"{where}: evaluate must return a dict of tensors, got {type(out).__name__}"
             )
-        unknown = sorted(set(out) - set(self.by_name) - {OBJECTIVE})
-        if unknown:
+        if not self._allowed.issuperset(out):
+            unknown = sorted(set(out) - self._allowed)
             raise ProblemError(
                 f"{where}: evaluate returned {unknown}, which no constraint declares; declared: "
-                f"{sorted(self.by_name)} (and 'objective'). Declare them or drop them."
+                f"{sorted(self.by_name)} (and 'objective', 'extras'). Declare them or drop them."
             )
-        missing = [c.name for c in self.constraints if c.name not in out]
-        if missing:
+        if len(out) - (OBJECTIVE in out) - (EXTRAS in out) != len(self.constraints):
+            missing = [c.name for c in self.constraints if c.name not in out]
             raise ProblemError(
                 f"{where}: evaluate did not return the declared constraint(s) {missing}"
             )
-        objective = out.get(OBJECTIVE)
-        ratios: dict[str, Ratio] = {}
-        if objective is not None:
-            if isinstance(objective, Ratio):
-                ratios[OBJECTIVE] = Ratio(
-                    objective.numerator.reshape(()), objective.denominator.reshape(())
-                )
-                objective = objective.value
-            if not isinstance(objective, Tensor) or objective.numel() != 1:
-                raise ProblemError(
-                    f"{where}: 'objective' must be a scalar tensor, got "
-                    f"{getattr(objective, 'shape', type(objective).__name__)}"
-                )
-            objective = objective.reshape(())
-        values: dict[str, Tensor] = {}
-        indices: dict[str, Tensor] = {}
         size = _batch_size(batch)
+        if size == 0:
+            raise ProblemError(
+                f"{where}: the batch has 0 rows, so no statistic can be estimated from it; "
+                "drop empty batches (e.g. DataLoader(drop_last=True) or a larger batch)"
+            )
+        ev = Evaluation(None, {}, {}, {}, size)
+        raw_objective = out.get(OBJECTIVE)
+        if raw_objective is not None:
+            ev.objective = self._objective(raw_objective, ev, where)
+        extras = out.get(EXTRAS)
+        if extras is not None:
+            ev.extras = extras if isinstance(extras, dict) else {"value": extras}
         for c in self.constraints:
             raw = out[c.name]
             if c.pointwise:
-                values[c.name], indices[c.name] = self._pointwise(c, raw, batch, where)
+                self._pointwise(c, raw, batch, ev, where)
                 continue
-            if isinstance(raw, Ratio):
-                num = _as_shape(c, raw.numerator, where, "numerator")
-                den = _as_shape(c, raw.denominator.to(num.dtype), where, "denominator")
-                ratios[c.name] = Ratio(num, den)
-                raw = ratios[c.name].value
-            if not isinstance(raw, Tensor):
-                raise ProblemError(
-                    f"{where}: constraint {c.name!r} must be a tensor or ecl.Ratio, got "
-                    f"{type(raw).__name__}"
+            if isinstance(raw, Proxy):
+                value, ratio = _average(c, raw.surrogate, where, "surrogate")
+                exact_value, exact_ratio = _average(c, raw.exact, where, "exact")
+                ev.exact[c.name] = exact_value.detach()
+                if exact_ratio is not None:
+                    ev.exact_ratios[c.name] = exact_ratio.detach()
+            else:
+                value, ratio = _average(c, raw, where, "value")
+            ev.values[c.name] = value
+            if ratio is not None:
+                ev.ratios[c.name] = ratio
+        return ev
+
+    @staticmethod
+    def _objective(raw: Any, ev: Evaluation, where: str) -> Tensor:
+        def scalar(part: Any, what: str, exact: bool) -> Tensor:
+            if isinstance(part, Ratio):
+                ratio = Ratio(part.numerator.reshape(()), part.denominator.reshape(()))
+                (ev.exact_ratios if exact else ev.ratios)[OBJECTIVE] = (
+                    ratio.detach() if exact else ratio
                 )
-            values[c.name] = _as_shape(c, raw, where, "value")
-        return Evaluation(objective, values, ratios, indices, size)
+                part = ratio.value
+            if not isinstance(part, Tensor) or part.numel() != 1:
+                raise ProblemError(
+                    f"{where}: 'objective'{what} must be a scalar tensor, got "
+                    f"{getattr(part, 'shape', type(part).__name__)}"
+                )
+            return part.reshape(())
+
+        if isinstance(raw, Proxy):
+            ev.exact_objective = scalar(raw.exact, " (exact part)", True).detach()
+            return scalar(raw.surrogate, " (surrogate part)", False)
+        return scalar(raw, "", False)
 
     def _pointwise(
-        self, c: Constraint, raw: Any, batch: Mapping[str, Any], where: str
-    ) -> tuple[Tensor, Tensor]:
-        if not isinstance(raw, Tensor):
-            raise ProblemError(
-                f"{where}: pointwise constraint {c.name!r} must be a tensor of per-sample values, "
-                f"got {type(raw).__name__}"
-            )
+        self, c: Constraint, raw: Any, batch: Mapping[str, Any], ev: Evaluation, where: str
+    ) -> None:
         index = batch[c.index_key]
         if (
             not isinstance(index, Tensor)
@@ -393,16 +554,43 @@ class Problem:
                 f"{getattr(index, 'dtype', type(index).__name__)} {getattr(index, 'shape', '')}"
             )
         n = index.shape[0]
-        if raw.dim() == 1 and c.size == 1 and raw.shape[0] == n:
-            value = raw.reshape(n, 1)
-        elif raw.dim() == 2 and tuple(raw.shape) == (n, c.size):
-            value = raw
+        if isinstance(raw, Proxy):
+            ev.values[c.name] = _rows(c, raw.surrogate, n, where, " (surrogate part)")
+            ev.exact[c.name] = _rows(c, raw.exact, n, where, " (exact part)").detach()
         else:
-            raise ProblemError(
-                f"{where}: pointwise constraint {c.name!r} returned shape {tuple(raw.shape)}; "
-                f"expected [{n}] or [{n}, {c.size}] (one row per id in batch[{c.index_key!r}])"
-            )
-        return value, index.long()
+            ev.values[c.name] = _rows(c, raw, n, where, "")
+        ev.indices[c.name] = index if index.dtype == torch.int64 else index.long()
+
+
+def _rows(c: Constraint, raw: Any, n: int, where: str, what: str) -> Tensor:
+    if not isinstance(raw, Tensor):
+        raise ProblemError(
+            f"{where}: pointwise constraint {c.name!r}{what} must be a tensor of per-sample "
+            f"values, got {type(raw).__name__}"
+        )
+    if raw.dim() == 1 and c.size == 1 and raw.shape[0] == n:
+        return raw.reshape(n, 1)
+    if raw.dim() == 2 and tuple(raw.shape) == (n, c.size):
+        return raw
+    raise ProblemError(
+        f"{where}: pointwise constraint {c.name!r}{what} returned shape {tuple(raw.shape)}; "
+        f"expected [{n}] or [{n}, {c.size}] (one row per id in batch[{c.index_key!r}])"
+    )
+
+
+def _average(c: Constraint, raw: Any, where: str, what: str) -> tuple[Tensor, Ratio | None]:
+    """The ``[size]`` value of an average statistic and its Ratio parts (if a Ratio)."""
+    if isinstance(raw, Ratio):
+        num = _as_shape(c, raw.numerator, where, f"{what} numerator")
+        den = _as_shape(c, raw.denominator.to(num.dtype), where, f"{what} denominator")
+        ratio = Ratio(num, den)
+        return ratio.value, ratio
+    if not isinstance(raw, Tensor):
+        raise ProblemError(
+            f"{where}: constraint {c.name!r} must be a tensor, an ecl.Ratio or an ecl.Proxy, "
+            f"got {type(raw).__name__}"
+        )
+    return _as_shape(c, raw, where, what), None
 
 
 def _as_shape(c: Constraint, value: Tensor, where: str, what: str) -> Tensor:
@@ -413,7 +601,7 @@ def _as_shape(c: Constraint, value: Tensor, where: str, what: str) -> Tensor:
             f"{where}: constraint {c.name!r} {what} has shape {tuple(value.shape)} but the "
             f"constraint is declared with size={c.size}; return a tensor of shape [{c.size}]"
         )
-    return value.reshape(c.size)
+    return value if value.dim() == 1 else value.reshape(c.size)
 
 
 def check_finite(terms: Mapping[str, Tensor], where: str) -> None:

@@ -45,10 +45,12 @@ def test_adam_step_with_bias_correction_by_hand():
         m = b1 * m + (1 - b1) * g
         v = b2 * v + (1 - b2) * g * g
         expected = lr * (m / (1 - b1**t)) / ((v / (1 - b2**t)).sqrt() + eps)
-        assert_close(delta, expected, atol=1e-15)
+        # the moments of float64 multipliers are stored in float32: relative precision 1e-7
+        assert_close(delta, expected, atol=1e-8)
     # first step: m̂ = g, v̂ = g², so the step is lr·g/(|g| + ε) ≈ lr·sign(g)
-    assert_close(deltas[0], lr * G1 / (G1.abs() + eps), atol=1e-15)
-    assert_close(state["steps"], torch.full((4,), 3.0, dtype=F64), atol=0)
+    assert_close(deltas[0], lr * G1 / (G1.abs() + eps), atol=1e-8)
+    assert state["exp_avg"].dtype == torch.float32 and state["steps"].dtype == torch.int32
+    assert state["steps"].tolist() == [3, 3, 3, 3]
 
 
 def test_adam_ascent_matches_torch_adam_maximize():
@@ -61,7 +63,7 @@ def test_adam_ascent_matches_torch_adam_maximize():
         p.grad = g.clone()
         ref.step()
         total = total + delta
-        assert_close(p.detach(), total, atol=1e-14)
+        assert_close(p.detach(), total, atol=1e-8)  # float32 moments (see above)
 
 
 @pytest.mark.parametrize("nu", [0.0, 0.5])
@@ -168,16 +170,16 @@ def test_adam_counts_steps_per_row_of_a_pointwise_table():
     solver.fit(batches, max_steps=3)
     mult = solver.multipliers["pw"]
     # row 3: one visit with g = −3 → lr·g/(|g| + ε)
-    assert mult[3].item() == pytest.approx(-lr * 3 / (3 + eps), abs=1e-15)
+    assert mult[3].item() == pytest.approx(-lr * 3 / (3 + eps), rel=1e-6)  # float32 moments
     assert mult[2].item() == 0.0  # never visited
-    assert solver.dual_state["pw"]["steps"].tolist() == [[3.0], [2.0], [0.0], [1.0]]
+    assert solver.dual_state["pw"]["steps"].tolist() == [[3], [2], [0], [1]]  # one per row
     # row 1: g = 2 then 4 (two steps of its own)
     b1, b2 = 0.9, 0.999
     m, v, mu = 0.0, 0.0, 0.0
     for t, g in enumerate([2.0, 4.0], start=1):
         m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g * g
         mu += lr * (m / (1 - b1**t)) / (math.sqrt(v / (1 - b2**t)) + eps)
-    assert mult[1].item() == pytest.approx(mu, abs=1e-15)
+    assert mult[1].item() == pytest.approx(mu, rel=1e-6)
 
 
 def test_hyperparameters_are_reported():

@@ -64,7 +64,7 @@ def fit(problem, batches=BATCH, steps=4, **kwargs):
             r"step 3: pointwise constraint 'pw' returned shape \(2,\)",
         ),
         ({"objective": lambda th: th[:2] * 1.0}, r"step 3: 'objective' must be a scalar tensor"),
-        ({"eq": [1.0, 2.0]}, r"step 3: constraint 'eq' must be a tensor or ecl.Ratio, got list"),
+        ({"eq": [1.0, 2.0]}, r"step 3: constraint 'eq' must be a tensor, an ecl.Ratio or an ecl.Proxy, got list"),
         (
             {"extra": lambda th: th.sum()},
             r"step 3: evaluate returned \['extra'\], which no constraint declares",
@@ -188,7 +188,7 @@ def test_duplicate_constraint_names():
     [
         (lambda: ecl.Inequality("g", init=-0.1), r"inequality 'g': init must be ≥ 0"),
         (lambda: ecl.Inequality("g", 2, init=[0.5, -1.0]), r"init must be ≥ 0 .*\[0.5, -1.0\]"),
-        (lambda: ecl.Equality("objective"), "reserved name 'objective'"),
+        (lambda: ecl.Equality("objective"), "reserved names \\['extras', 'objective'\\]"),
         (lambda: ecl.Equality("1st"), "not allowed"),
         (lambda: ecl.Equality("h", 0), "size must be a positive int"),
         (lambda: ecl.Equality("h", pointwise=True), "pass num_samples="),
@@ -197,7 +197,7 @@ def test_duplicate_constraint_names():
         (lambda: ecl.Inequality("h", bound=math.inf), "bound must be finite"),
         (lambda: ecl.Equality("h", lr=-0.1), r"constraint 'h': lr must be a finite number ≥ 0"),
         (lambda: ecl.Equality("h", lr=math.nan), r"lr must be a finite number ≥ 0"),
-        (lambda: ecl.Equality("h", tolerance=-1.0), "tolerance must be ≥ 0"),
+        (lambda: ecl.Equality("h", tolerance=-1.0), "tolerance must be a finite number ≥ 0"),
         (lambda: ecl.Problem(lambda m, b: {}, ["h"]), "must be ecl.Equality or ecl.Inequality"),
     ],
 )
@@ -222,7 +222,7 @@ def test_negative_equality_init_is_allowed():
             lambda: ecl.dual.SGD({"default": 0.1, "eq": -2.0}),
             r"dual lr for 'eq' must be a finite number ≥ 0",
         ),
-        (lambda: ecl.AugmentedLagrangian(rho=0.0), "rho must be positive"),
+        (lambda: ecl.AugmentedLagrangian(rho=0.0), "rho must be a finite positive number"),
         (lambda: ecl.Penalty(power=3), "power must be 1 or 2"),
     ],
 )
@@ -235,7 +235,7 @@ def test_negative_primal_learning_rate():
     model = Vector([1.0])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     opt.param_groups[0]["lr"] = -0.1  # torch checks at construction only
-    with pytest.raises(ValueError, match=r"primal learning rate must be ≥ 0, got -0.1"):
+    with pytest.raises(ValueError, match=r"primal learning rate must be a finite number ≥ 0, got -0.1"):
         ecl.PrimalDual(faulty(0), model, opt)
 
 
@@ -249,7 +249,7 @@ def test_negative_primal_learning_rate():
             ValueError,
             "scheduler_interval must be 'step' or 'epoch'",
         ),
-        ({"grad_clip": 0.0}, ValueError, "grad_clip must be positive"),
+        ({"grad_clip": 0.0}, ValueError, "grad_clip must be a finite positive number"),
         ({"dual_optimizer": "adam"}, TypeError, "dual_optimizer must be an eclearn.dual optimizer"),
     ],
 )

@@ -142,12 +142,12 @@ def test_pointwise_report():
     assert pw.pointwise and pw.kind == "equality"
     assert pw.value.shape == (10, 1) and pw.satisfied.shape == (10, 1)
     assert pw.extra["num_samples"] == 10
-    assert pw.extra["mean_abs_violation"] == pytest.approx(residual.mean().item(), abs=1e-14)
-    assert pw.extra["max_abs_violation"] == pytest.approx(residual.max().item(), abs=1e-14)
+    assert pw.extra["mean_excess"] == pytest.approx(residual.mean().item(), abs=1e-14)
+    assert pw.extra["max_excess"] == pytest.approx(residual.max().item(), abs=1e-14)
     assert pw.extra["fraction_satisfied"] == pytest.approx((residual <= 0.5).double().mean().item())
     assert 0 < pw.extra["fraction_satisfied"] < 1 and not pw.feasible
     as_dict = report.to_dict()
-    assert as_dict["constraints"]["pw"]["max_abs_violation"] == pw.extra["max_abs_violation"]
+    assert as_dict["constraints"]["pw"]["max_excess"] == pw.extra["max_excess"]
     assert as_dict["constraints"]["rate"]["value"] == report["rate"].value.tolist()
     assert "INFEASIBLE" in str(report) and "pw (equality)" in str(report)
 

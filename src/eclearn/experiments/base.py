@@ -47,9 +47,26 @@ class ExperimentConfig(BaseModel):
     formulation: str = Field("lagrangian", description="which formulation this run trains")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
     select: Literal["last", "average", "best", "mixture"] = Field(
-        "last", description="which model to report (ecl.recover rule; needs validation data)"
+        "last",
+        description="which model to report (an ecl.select rule, judged on the validation split)",
     )
-    candidates: int = Field(20, ge=2, description="candidate snapshots kept for select")
+    candidates: int = Field(20, ge=2, description="validation checks / candidates for select")
+    validation_fraction: float | None = Field(
+        None,
+        ge=0,
+        lt=1,
+        description=(
+            "share of the training data held out to select the model (None: 0.2 when select "
+            "is not 'last', else 0); never the test split"
+        ),
+    )
+
+    def validation_share(self) -> float:
+        """The resolved validation fraction (see ``validation_fraction``)."""
+        if self.validation_fraction is not None:
+            return float(self.validation_fraction)
+        return 0.0 if self.select == "last" else 0.2
+
     certify: bool = Field(True, description="write certificate.json (needs held-out data)")
     confidence: float = Field(0.95, gt=0, lt=1, description="certificate confidence level")
 
@@ -82,7 +99,10 @@ class Setup:
     """Training data for the certificate's training values (default: ``train_batches``
     when it is finite)."""
     validation_batches: Iterable[Any] | None = None
-    """Data the ``select`` rule judges candidates on (default: ``heldout_batches``)."""
+    """Data the ``select`` rule judges candidates on: a split of the *training* data
+    (``validation_share()``), never the test data; required when ``select`` is not 'last'."""
+    validation_description: str = "validation split"
+    """What ``validation_batches`` is, in words (reported with the selection)."""
     inference: bool = True
     """False when statistics need autograd at evaluation (e.g. PDE residuals)."""
 

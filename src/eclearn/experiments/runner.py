@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from eclearn import __version__
+from eclearn import selection as select
 from eclearn._io import atomic_write_text, load_checkpoint, save_checkpoint
 from eclearn._rng import seed_everything
 from eclearn.certify import certify
@@ -48,7 +49,6 @@ from eclearn.experiments.config import (
     sweep_combinations,
     sweep_label,
 )
-from eclearn.recovery import CandidateRecorder, MixtureModel, recover
 from eclearn.solver import Callback, FitResult, PrimalDual
 
 __all__ = [
@@ -537,14 +537,13 @@ def _run(
     if stopping is not None and solver.step:
         stopping = dataclasses.replace(stopping, min_steps=max(0, stopping.min_steps - solver.step))
     interrupt = os.environ.get(INTERRUPT_ENV, "").strip()
-    recorder = _recorder(spec.config, setup, runner_state)
+    selector = _selector(spec, setup)
     saver = _Checkpointer(
         checkpoint,
         run_dir,
         getattr(spec.config, "checkpoint_every", 500),
         previous,
         int(interrupt) if interrupt.isdigit() else None,
-        extra=None if recorder is None else (lambda: {"recorder": recorder.state_dict()}),
     )
     total = _total_steps(setup)
     show = progress and (progress_file is not None or sys.stderr.isatty())
@@ -553,7 +552,9 @@ def _run(
     )
     if finished:
         log(f"training had finished ({finished}); writing the results")
-        result = solver.fit(setup.train_batches, max_steps=0, warn=False)
+        result = solver.fit(
+            setup.train_batches, max_steps=0, warn=False, callbacks=setup.callbacks, select=selector
+        )
     else:
         log(f"training: {_describe_budget(budget, total, solver.step)}")
         result = solver.fit(
@@ -561,7 +562,8 @@ def _run(
             **budget,
             stopping=stopping,
             warn=False,
-            callbacks=[*setup.callbacks, *([recorder] if recorder else []), saver, bar],
+            callbacks=[*setup.callbacks, saver, bar],
+            select=selector,
         )
     seconds = previous + result.seconds
     reason = finished or result.stop_reason
@@ -590,7 +592,7 @@ def _run(
         constraints = solver.problem.fingerprint()
         run_figures(solver.history, constraints, figure_dir)
         experiment.figures(setup, result, figure_dir)
-    selection = _select(spec, setup, recorder, log)
+    selection = _apply_selection(setup, result, log)
     certificate = _certify(spec, setup, result, run_dir, log)
     metrics = experiment.metrics(setup, result, context)
     if selection is not None:
@@ -616,60 +618,44 @@ def _run(
     return record
 
 
-def _recorder(
-    config: Any, setup: Setup, runner_state: Mapping[str, Any]
-) -> CandidateRecorder | None:
-    """Candidate snapshots for ``select`` rules other than ``last`` (restored on resume)."""
-    rule = getattr(config, "select", "last")
+def _selector(spec: RunSpec, setup: Setup) -> Any:
+    """The ``select`` rule as an ``ecl.select`` selector (None for ``last``), judged on the
+    experiment's validation split — never on its held-out test data."""
+    rule = getattr(spec.config, "select", "last")
     if rule == "last":
         return None
-    total = _total_steps(setup) or 1000
-    count = int(getattr(config, "candidates", 20))
-    recorder = CandidateRecorder(
-        every=max(1, total // count), max_candidates=count, average_from=int(0.75 * total)
-    )
-    if "recorder" in runner_state:
-        recorder.load_state_dict(runner_state["recorder"])
-    return recorder
-
-
-def _select(
-    spec: RunSpec, setup: Setup, recorder: CandidateRecorder | None, log: RunLog
-) -> dict[str, Any] | None:
-    """Apply the ``select`` rule: the chosen model replaces the solver's for the metrics."""
-    if recorder is None:
-        return None
-    data = setup.validation_batches or setup.heldout_batches
+    data = setup.validation_batches
     if data is None:
         raise RunnerError(
-            f"experiment {spec.experiment!r} provides no validation data, so select="
-            f"{spec.config.select!r} cannot judge candidates; use select='last'"
+            f"experiment {spec.experiment!r} provides no validation split, so select={rule!r} "
+            "cannot judge candidates (the test data is never used to select); use "
+            "select='last' or set validation_fraction > 0"
         )
+    total = _total_steps(setup) or 1000
+    count = int(getattr(spec.config, "candidates", 20))
+    every = max(1, total // count)
+    label = setup.validation_description
+    if rule == "best":
+        return select.BestFeasible(on=data, every=every, label=label, inference=setup.inference)
+    if rule == "average":
+        return select.Average(int(0.75 * total), on=data, label=label, inference=setup.inference)
+    return select.Mixture(
+        on=data, every=every, keep=count, seed=spec.seed, label=label, inference=setup.inference
+    )
+
+
+def _apply_selection(setup: Setup, result: FitResult, log: RunLog) -> dict[str, Any] | None:
+    """Put the selected model into the solver (for the metrics); its description."""
+    chosen = result.selected
+    if chosen is None:
+        return None
     solver = setup.solver
-    try:
-        chosen = recover(
-            solver.problem,
-            solver.model,
-            recorder,
-            data,
-            rule=spec.config.select,
-            seed=spec.seed,
-            inference=setup.inference,
-        )
-    except ValueError as err:
-        raise RunnerError(
-            f"select={spec.config.select!r} failed for {spec.run_dir}: {err}; choose another "
-            "rule (e.g. --select best) or train longer"
-        ) from None
-    if isinstance(chosen.model, MixtureModel):
+    if chosen.state is None:
         solver.model = chosen.model
     else:
-        target = getattr(solver.model, "module", solver.model)
-        target.load_state_dict(chosen.model.state_dict())
-    log(f"selected ({chosen.rule}): {chosen.description}")
-    out = chosen.to_dict()
-    out.pop("validation", None)
-    return out
+        chosen.load_into(solver.model)
+    log(f"selected ({chosen.rule}, on the {chosen.data}): {chosen.description}")
+    return chosen.to_dict()
 
 
 def _certify(

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import eclearn as ecl
+from eclearn.batches import validation_split
 from eclearn.experiments.base import (
     Experiment,
     ExperimentConfig,
@@ -197,6 +198,10 @@ class ToyExperiment(Experiment):
 
     def setup(self, config: ToyConfig, context: RunContext) -> Setup:  # type: ignore[override]
         train, test = make_data(config.n_train, config), make_data(config.n_test, config)
+        share = config.validation_share()
+        validation = None
+        if share > 0:  # model selection judges a split of the training data, never the test
+            train, validation = validation_split(train, share, seed=context.seed)
         model = nn.Linear(config.dim, 1)
         k = config.groups
 
@@ -261,6 +266,15 @@ class ToyExperiment(Experiment):
             state={"config": config, "train": train, "test": test_batches, "kkt": kkt},
             heldout_batches=ecl.Batches(test, 32, shuffle=False, device=context.device),
             certify_train_batches=ecl.Batches(train, 4096, shuffle=False, device=context.device),
+            validation_batches=None
+            if validation is None
+            else ecl.Batches(validation, 4096, shuffle=False, device=context.device),
+            validation_description=(
+                "no validation split"
+                if validation is None
+                else f"validation split ({len(validation['y'])} of {config.n_train} training "
+                f"rows, seed {context.seed})"
+            ),
         )
 
     def metrics(self, setup: Setup, result: FitResult, context: RunContext) -> dict[str, Any]:

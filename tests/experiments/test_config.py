@@ -84,7 +84,7 @@ def test_unknown_key_names_path_source_suggestion_and_allowed_keys():
     assert line.startswith("lrr (from --set lrr=0.1): unknown key")
     assert "did you mean 'lr'" in line
     assert (
-        "allowed keys: candidates, certify, checkpoint_every, confidence, epochs, formulation, lr, model, select, tags"
+        "allowed keys: candidates, certify, checkpoint_every, confidence, epochs, formulation, lr, min_delta, model, patience, select, tags, validation_fraction"
         in line
     )
 

@@ -14,7 +14,7 @@ import eclearn as ecl
 from eclearn.experiments.base import RunContext
 from eclearn.experiments.config import read_run_file
 from eclearn.pde import ConvectionConfig, ConvectionExperiment, report_figures
-from eclearn.pde.experiment import CURVE_FILE, FORMULATIONS
+from eclearn.pde.experiment import FORMULATIONS
 
 CONFIGS = Path(ecl.__file__).parent / "configs"
 TINY = {"num_points": 64, "pointwise_points": 32, "curve_grid": (32, 11), "heldout_points": 256}
@@ -181,7 +181,8 @@ def test_metrics_keys_figures_and_report(tmp_path):
     assert len(metrics["error_curve_rel_l2"]) == 4
     assert metrics["beta"] == 30.0 and metrics["ms_per_step"] > 0
     json.dumps(metrics)  # flat JSON
-    assert json.loads((tmp_path / CURVE_FILE).read_text())["steps"] == [0, 2, 4, 5]
+    # the curve is the callback's state: checkpoints carry it (no side file)
+    assert setup.solver.state_dict()["callbacks"]["ErrorCurve"]["steps"] == [0, 2, 4, 5]
     paths = experiment.figures(setup, result, tmp_path / "figures")
     assert [p.name for p in paths] == ["solution.png", "error_vs_step.png"]
     assert all(p.stat().st_size > 0 for p in paths)
@@ -214,14 +215,15 @@ def test_seeded_runs_are_identical_and_resume_exactly(tmp_path):
     fit(c, 3)
     for name, value in a.solver.multipliers.items():
         assert torch.equal(value, c.solver.multipliers[name]), name
-    assert a.state["error_curve"] == c.state["error_curve"]  # reloaded from the run dir
+    assert a.state["error_curve"] == c.state["error_curve"]  # restored from the checkpoint
     assert a.state["error_curve"]["steps"] == [0, 2, 4, 6]
     # a run that had finished is re-opened without training: the metrics keep the curve
     experiment, _, context, d = make(
         tmp_path / "b", formulation="ecl-pointwise", pointwise_batch=16, eval_every=2
     )
     d.solver.load_state_dict(c.solver.state_dict())
-    result = d.solver.fit(d.train_batches, max_steps=0, warn=False)
+    # (as the runner does: the callbacks get their checkpointed state back when they start)
+    result = d.solver.fit(d.train_batches, max_steps=0, warn=False, callbacks=d.callbacks)
     metrics = experiment.metrics(d, result, context)
     assert metrics["error_curve_steps"] == [0, 2, 4, 6]
     assert metrics["error_curve_rel_l2"] == a.state["error_curve"]["rel_l2"]

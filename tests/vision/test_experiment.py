@@ -19,7 +19,6 @@ from eclearn.experiments.config import Layer, build_config, sweep_combinations
 from eclearn.vision import experiment as exp_module
 from eclearn.vision.data import load_cifar10_subset
 from eclearn.vision.experiment import (
-    CURVE_FILE,
     ClassLossCurve,
     InterpolationConfig,
     InterpolationExperiment,
@@ -141,26 +140,33 @@ def test_sample_multipliers_touch_only_the_rows_of_the_batch():
 def test_loss_curve_counts_training_batches_only_and_survives_resume(tmp_path):
     torch.manual_seed(0)
     data = toy_data()
-    path = tmp_path / CURVE_FILE
-    tracker = ClassLossCurve(NUM_CLASSES, path)
+    tracker = ClassLossCurve(NUM_CLASSES)
     cfg = config(formulation="ecl-class")
-    problem = build_problem(cfg, NUM_CLASSES, 24, tracker)
+    problem = build_problem(cfg, NUM_CLASSES, 24)
     model = Linear()
     solver = ecl.PrimalDual(problem, model, torch.optim.SGD(model.parameters(), lr=0.1))
     halves = [{k: v[:12] for k, v in data.items()}, {k: v[12:] for k, v in data.items()}]
     solver.fit(halves, epochs=2, callbacks=[tracker], warn=False)
-    ecl.evaluate(problem, model, halves)  # eval mode: not counted
+    ecl.evaluate(problem, model, halves)  # held-out evaluation: no callbacks, not counted
     assert tracker.curve["steps"] == [2, 4] and tracker.curve["epochs"] == [1, 2]
     assert len(tracker.curve["loss"][0]) == NUM_CLASSES
     # first epoch's point = mean of the two steps' per-class batch losses (history rows)
     first = [float(np.mean(solver.history[f"value/class_loss[{c}]"][:2])) for c in range(4)]
     np.testing.assert_allclose(tracker.curve["loss"][0], first, rtol=1e-5)
-    assert json.loads(path.read_text())["steps"] == [2, 4]
 
-    fresh = ClassLossCurve(NUM_CLASSES, path)  # a resumed run reloads its earlier points
-    solver.step = 2
-    fresh.on_fit_start(solver)
-    assert fresh.curve["steps"] == [2]
+    # the curve is the callback's state in the solver's checkpoint: a resumed run continues it
+    state = solver.state_dict()
+    assert state["callbacks"]["ClassLossCurve"]["steps"] == [2, 4]
+    fresh_model = Linear()
+    fresh_solver = ecl.PrimalDual(
+        build_problem(cfg, NUM_CLASSES, 24),
+        fresh_model,
+        torch.optim.SGD(fresh_model.parameters(), lr=0.1),
+    )
+    fresh_solver.load_state_dict(state)
+    fresh = ClassLossCurve(NUM_CLASSES)
+    fresh_solver.fit(halves, epochs=1, callbacks=[fresh], warn=False)
+    assert fresh.curve["steps"] == [2, 4, 6]
 
 
 # ------------------------------------------------------------------------------ config

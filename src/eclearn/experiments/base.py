@@ -46,10 +46,17 @@ class ExperimentConfig(BaseModel):
 
     formulation: str = Field("lagrangian", description="which formulation this run trains")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")
-    select: Literal["last", "average", "best", "mixture"] = Field(
+    select: Literal["last", "best", "best-steps", "average", "mixture"] = Field(
         "last",
-        description="which model to report (an ecl.select rule, judged on the validation split)",
+        description=(
+            "which model to report (an ecl.select rule): best/average/mixture are judged on "
+            "the validation split, best-steps on the training steps' own exact values"
+        ),
     )
+    patience: int = Field(
+        0, ge=0, description="stop once the best-feasible selection has not improved (0: never)"
+    )
+    min_delta: float = Field(1e-4, ge=0, description="improvement that resets the patience")
     candidates: int = Field(20, ge=2, description="validation checks / candidates for select")
     validation_fraction: float | None = Field(
         None,
@@ -65,7 +72,7 @@ class ExperimentConfig(BaseModel):
         """The resolved validation fraction (see ``validation_fraction``)."""
         if self.validation_fraction is not None:
             return float(self.validation_fraction)
-        return 0.0 if self.select == "last" else 0.2
+        return 0.0 if self.select in ("last", "best-steps") else 0.2
 
     certify: bool = Field(True, description="write certificate.json (needs held-out data)")
     confidence: float = Field(0.95, gt=0, lt=1, description="certificate confidence level")

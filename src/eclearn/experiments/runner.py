@@ -49,7 +49,7 @@ from eclearn.experiments.config import (
     sweep_combinations,
     sweep_label,
 )
-from eclearn.solver import Callback, FitResult, PrimalDual
+from eclearn.solver import Callback, FitResult, Patience, PrimalDual
 
 __all__ = [
     "CHECKPOINT_FILE",
@@ -538,6 +538,10 @@ def _run(
         stopping = dataclasses.replace(stopping, min_steps=max(0, stopping.min_steps - solver.step))
     interrupt = os.environ.get(INTERRUPT_ENV, "").strip()
     selector = _selector(spec, setup)
+    criteria: list[Any] = [] if stopping is None else [stopping]
+    patience = int(getattr(spec.config, "patience", 0))
+    if patience and isinstance(selector, select.BestFeasible):
+        criteria.append(Patience(selector, patience))
     saver = _Checkpointer(
         checkpoint,
         run_dir,
@@ -560,7 +564,7 @@ def _run(
         result = solver.fit(
             setup.train_batches,
             **budget,
-            stopping=stopping,
+            stopping=criteria,
             warn=False,
             callbacks=[*setup.callbacks, saver, bar],
             select=selector,
@@ -624,6 +628,9 @@ def _selector(spec: RunSpec, setup: Setup) -> Any:
     rule = getattr(spec.config, "select", "last")
     if rule == "last":
         return None
+    min_delta = float(getattr(spec.config, "min_delta", 1e-4))
+    if rule == "best-steps":
+        return select.BestFeasible(on="steps", min_delta=min_delta)
     data = setup.validation_batches
     if data is None:
         raise RunnerError(
@@ -636,7 +643,13 @@ def _selector(spec: RunSpec, setup: Setup) -> Any:
     every = max(1, total // count)
     label = setup.validation_description
     if rule == "best":
-        return select.BestFeasible(on=data, every=every, label=label, inference=setup.inference)
+        return select.BestFeasible(
+            on=data,
+            every=every,
+            label=label,
+            inference=setup.inference,
+            min_delta=min_delta,
+        )
     if rule == "average":
         return select.Average(int(0.75 * total), on=data, label=label, inference=setup.inference)
     return select.Mixture(

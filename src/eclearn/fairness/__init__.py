@@ -29,9 +29,9 @@ from eclearn.fairness.rates import (
 from eclearn.fairness.training import (
     FORMULATIONS,
     FairnessEvaluate,
-    IterateSelector,
-    WarmStart,
+    FairTraining,
     build_constraints,
+    fair_solver,
 )
 
 __all__ = [
@@ -45,15 +45,15 @@ __all__ = [
     "SURROGATES",
     "CompasSplit",
     "FairClassifier",
+    "FairTraining",
     "FairnessEvaluate",
-    "IterateSelector",
     "SensitiveFeaturesError",
-    "WarmStart",
     "build_constraints",
     "compas_split",
     "demographic_parity_gap",
     "disparity",
     "equalized_odds_gap",
+    "fair_solver",
     "false_positive_rate",
     "group_mean",
     "indicator",

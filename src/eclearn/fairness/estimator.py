@@ -40,10 +40,8 @@ from sklearn.utils.validation import check_is_fitted
 import eclearn as ecl
 from eclearn.fairness.training import (
     FairnessEvaluate,
-    IterateSelector,
-    WarmStart,
     build_constraints,
-    exact_violation,
+    fair_solver,
 )
 
 try:  # scikit-learn ≥ 1.6
@@ -273,25 +271,28 @@ class FairClassifier(ClassifierMixin, BaseEstimator):
             constraint_tolerance=max(float(self.selection_tolerance), 1e-6),
         )
         batch = evaluate.prepare(batch)
-        problem = ecl.Problem(evaluate, constraints)
-        solver = ecl.PrimalDual(
-            problem,
-            model,
-            torch.optim.Adam(model.parameters(), lr=float(self.learning_rate)),
-            ecl.dual.Adam(lr=float(self.dual_learning_rate)),
-            dtype=torch.float64,
-        )
-        warm = WarmStart(batch, max_iter=100 if self.init == "unconstrained" else 0)
-        selector = IterateSelector(
+        recipe = fair_solver(
             evaluate,
             constraints,
-            tolerance=float(self.selection_tolerance),
+            model,
+            batch,
+            optimizer=torch.optim.Adam(model.parameters(), lr=float(self.learning_rate)),
+            dual=ecl.dual.Adam(lr=float(self.dual_learning_rate)),
+            warm_start=self.init == "unconstrained",
+            select=self.selection == "best-feasible",
             patience=self.patience,
-            rule=self.selection,
         )
+        solver = recipe.solver
         result = solver.fit(
-            [batch], max_steps=int(self.max_iter), warn=False, callbacks=[warm, selector]
+            [batch],
+            max_steps=int(self.max_iter),
+            warn=False,
+            callbacks=recipe.callbacks,
+            select=recipe.selector,
+            stopping=recipe.stopping,
         )
+        if result.selected is not None:
+            result.selected.load_into(model)
         scale = self.scaler_.scale_
         weight = model.weight.detach().numpy().reshape(-1) / scale
         self.coef_ = weight.reshape(1, -1)
@@ -306,11 +307,12 @@ class FairClassifier(ClassifierMixin, BaseEstimator):
         self.history_ = pd.DataFrame(solver.history.to_numpy(), columns=solver.history.columns)
         self.n_iter_ = int(solver.step)
         self.stop_reason_ = result.stop_reason
-        self.selected_iter_ = selector.best_step if selector.best_step is not None else 0
-        with torch.no_grad():
-            exact = evaluate(model, batch, exact=True)
-        values = {k: (v.value if isinstance(v, ecl.Ratio) else v) for k, v in exact.items()}
-        self.train_violation_ = exact_violation(values, constraints)
+        chosen = result.selected
+        self.selected_iter_ = chosen.step if chosen is not None and chosen.step is not None else 0
+        report = ecl.evaluate(recipe.problem, model, [batch], exact=True)
+        self.train_violation_ = max(
+            (c.worst_excess for c in report.constraints.values()), default=0.0
+        )
         self.fit_seconds_ = time.perf_counter() - began
         return self
 

@@ -15,8 +15,10 @@ Set ``split`` to fix the data and vary only the seed.
 warm start from the unconstrained fit (L-BFGS), primal Adam lr 0.2 (the paper's), dual
 Adam-ascent lr 5e-3, the multipliers following the *exact* training rates
 (``dual_signal="exact"``), the returned iterate chosen by the exact training statistics
-(``selection="best-feasible"``, tolerance 0.01) and an early stop once that choice has not
-improved for ``patience`` steps. ``dual_signal="surrogate"``, ``selection="last"``,
+(``select="best-steps"``: ``ecl.select.BestFeasible(on="steps")``, tolerance 0.01) and an
+early stop once that choice has not improved for ``patience`` steps (``ecl.Patience``).
+``select="best"`` judges a stratified validation split of the training rows instead
+(``validation_fraction``, default 0.2). ``dual_signal="surrogate"``, ``select="last"``,
 ``warm_start=false``, ``dual_lr=1e-3``, ``patience=null``, ``max_steps=16000`` and
 ``stopping_window`` reproduce the paper's plain loop.
 
@@ -44,14 +46,14 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 
 import eclearn as ecl
+from eclearn.batches import validation_split
 from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, RunRecord, Setup
 from eclearn.fairness.data import GROUPS, compas_split
 from eclearn.fairness.rates import disparity, false_positive_rate, positive_rate, true_positive_rate
 from eclearn.fairness.training import (
     FairnessEvaluate,
-    IterateSelector,
-    WarmStart,
     build_constraints,
+    fair_solver,
 )
 from eclearn.solver import FitResult
 
@@ -93,18 +95,21 @@ class FairnessConfig(ExperimentConfig):
     nupi_kp: float = Field(1.0, ge=0, description="proportional gain of the nupi dual optimizer")
     primal_steps: int = Field(1, ge=1, le=100, description="primal steps per dual step")
     max_steps: int = Field(2000, ge=1, le=1_000_000, description="most full-batch steps")
-    selection: Literal["best-feasible", "last"] = Field(
-        "best-feasible", description="returned iterate: best feasible (exact train) or last"
+    select: Literal["last", "best", "best-steps", "average", "mixture"] = Field(
+        "best-steps",
+        description=(
+            "returned model: best-steps = best feasible iterate by the exact training rates; "
+            "best/average/mixture judge a validation split of the training rows; last"
+        ),
     )
     selection_tolerance: float = Field(
-        0.01, ge=0, le=1, description="exact train violation counted as feasible"
+        0.01, ge=0, le=1, description="exact violation counted as feasible (constraint tolerance)"
     )
     patience: int = Field(
         100,
         ge=0,
         description="stop once the selection has not improved for this many steps (0: never)",
     )
-    min_delta: float = Field(1e-4, ge=0, description="improvement that resets the patience")
     stopping_window: int | None = Field(
         None, ge=1, description="ecl.StoppingRule window (None: no Lagrangian-settling rule)"
     )
@@ -226,7 +231,20 @@ class FairnessExperiment(Experiment):
             }
             return _device_batch(evaluate.prepare(raw), context.device)
 
-        train = batch(x_train, data.y_train, data.g_train)
+        x_fit, y_fit, g_fit = x_train, data.y_train, data.g_train
+        validation = None
+        share = config.validation_share()
+        if share > 0:  # selection judges a split of the training rows, never the test split
+            rows = {
+                "x": torch.as_tensor(x_train),
+                "y": torch.as_tensor(data.y_train),
+                "g": torch.as_tensor(data.g_train),
+            }
+            strata = rows["g"].long() * 2 + rows["y"].long()
+            kept, held = validation_split(rows, share, seed=context.seed, stratify=strata)
+            x_fit, y_fit, g_fit = (kept[k].numpy() for k in ("x", "y", "g"))
+            validation = batch(held["x"].numpy(), held["y"].numpy(), held["g"].numpy())
+        train = batch(x_fit, y_fit, g_fit)
         test = batch(x_test, data.y_test, data.g_test)
         constraints = build_constraints(
             config.formulation,
@@ -235,7 +253,6 @@ class FairnessExperiment(Experiment):
             rate=config.rate,
             constraint_tolerance=max(config.selection_tolerance, 1e-6),
         )
-        problem = ecl.Problem(evaluate, constraints)
         model = nn.Linear(x_train.shape[1], 1)
         if config.optimizer == "adam":
             optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -247,23 +264,20 @@ class FairnessExperiment(Experiment):
             dual = ecl.dual.SGD(lr=config.dual_lr)
         else:
             dual = ecl.dual.NuPI(lr=config.dual_lr, kp=config.nupi_kp)
-        solver = ecl.PrimalDual(
-            problem,
-            model,
-            optimizer,
-            dual,
-            primal_steps=config.primal_steps,
-            device=context.device,
-        )
-        warm = WarmStart(train, max_iter=100 if config.warm_start else 0)
-        selector = IterateSelector(
+        recipe = fair_solver(
             evaluate,
             constraints,
-            tolerance=config.selection_tolerance,
-            patience=config.patience or None,
-            min_delta=config.min_delta,
-            rule=config.selection,
+            model,
+            train,
+            optimizer=optimizer,
+            dual=dual,
+            primal_steps=config.primal_steps,
+            device=context.device,
+            dtype=torch.float32,
+            warm_start=config.warm_start,
+            select=False,  # the runner selects (config.select, config.patience)
         )
+        solver, warm = recipe.solver, recipe.warm_start
         stopping = None
         if config.stopping_window is not None:
             stopping = ecl.StoppingRule(
@@ -272,7 +286,9 @@ class FairnessExperiment(Experiment):
                 lagrangian_rtol=config.stopping_rtol,
             )
         context.log(
-            f"fairness: split {split_id} ({len(data.y_train)} train / {len(data.y_test)} test), "
+            f"fairness: split {split_id} ({len(y_fit)} train"
+            + ("" if validation is None else f" + {len(validation['y'])} validation")
+            + f" / {len(data.y_test)} test), "
             f"{config.formulation}"
             + (f" ε={config.tolerance}" if config.formulation == "dp-tolerance" else "")
             + (f" r={config.rate}" if config.formulation == "prescribed-rate" else "")
@@ -283,7 +299,7 @@ class FairnessExperiment(Experiment):
             [train],
             max_steps=config.max_steps,
             stopping=stopping,
-            callbacks=[warm, selector],
+            callbacks=[warm],
             state={
                 "config": config,
                 "split": split_id,
@@ -292,11 +308,17 @@ class FairnessExperiment(Experiment):
                 "groups": list(data.groups),
                 "evaluate": evaluate,
                 "warm": warm,
-                "selector": selector,
                 "seed": context.seed,
             },
             heldout_batches=[test],
             certify_train_batches=[train],
+            validation_batches=None if validation is None else [validation],
+            validation_description=(
+                "no validation split"
+                if validation is None
+                else f"validation split ({len(validation['y'])} of {len(data.y_train)} training "
+                f"rows, stratified by group and label, seed {context.seed})"
+            ),
         )
 
     # ------------------------------------------------------------------ metrics
@@ -367,31 +389,17 @@ class FairnessExperiment(Experiment):
             out["tolerance"] = config.tolerance
         train, test = state["train"], state["test"]
         if problem.constraints:
-            evaluate: FairnessEvaluate = state["evaluate"]
-            smooth = FairnessEvaluate(
-                evaluate.formulation,
-                evaluate.num_groups,
-                surrogate=evaluate.surrogate,
-                temperature=evaluate.temperature,
-                dual_signal="surrogate",
-            )
             exact_train = ecl.evaluate(problem, model, [train], exact=True)
-            smooth_train = ecl.evaluate(
-                ecl.Problem(smooth, problem.constraints), model, [train], exact=False
-            )
+            smooth_train = ecl.evaluate(problem, model, [train], exact=False)
             exact_test = ecl.evaluate(problem, model, [test], exact=True)
             for key, report in (
                 ("train_violation_exact", exact_train),
                 ("train_violation_surrogate", smooth_train),
                 ("test_violation_exact", exact_test),
             ):
-                values = []
-                for name, c in report.constraints.items():
-                    v = c.violation.reshape(-1)
-                    kind = problem.by_name[name].is_equality
-                    values += (v.abs() if kind else v.clamp_min(0)).tolist()
-                out[key] = max(values)
-                out[key.replace("violation", "violations")] = values
+                values = torch.cat([c.excess.reshape(-1) for c in report.constraints.values()])
+                out[key] = float(values.max())
+                out[key.replace("violation", "violations")] = values.tolist()
             out["multipliers"] = torch.cat(
                 [result.multipliers[c.name].reshape(-1).double().cpu() for c in problem.constraints]
             ).tolist()
@@ -399,11 +407,11 @@ class FairnessExperiment(Experiment):
         else:
             out["train_violation_exact"] = 0.0
             out["multipliers"] = []
-        selector: IterateSelector = state["selector"]
-        warm: WarmStart = state["warm"]
-        summary = selector.summary() if selector.best_step is not None else {}
-        out["selected_step"] = summary.get("selected_step")
-        out["selected_feasible"] = summary.get("selected_feasible")
+        warm = state["warm"]
+        chosen = result.selected
+        out["selected_step"] = None if chosen is None else chosen.step
+        out["selected_feasible"] = None if chosen is None else chosen.feasible
+        out["selected_on"] = "last iterate" if chosen is None else chosen.data
         out["warm_start_seconds"] = round(warm.seconds, 4)
         out["fit_seconds_total"] = round(result.seconds + warm.seconds, 4)
         out["train_objective"] = float(ecl.evaluate(problem, model, [train]).objective or math.nan)
@@ -470,7 +478,7 @@ def _label(record: RunRecord) -> str:
     extra = []
     if c.get("dual_signal") == "surrogate":
         extra.append("surrogate dual")
-    if c.get("selection") == "last":
+    if c.get("select", c.get("selection")) == "last":
         extra.append("last iterate")
     return f + (f" ({', '.join(extra)})" if extra else "")
 

@@ -17,28 +17,25 @@ so the primal step differentiates a surrogate (``σ(T(p − 0.5))`` by default, 
 the multipliers also follow the surrogate violations, and the iteration settles where the
 *surrogate* rates are equal, which can leave the exact training disparity at 0.06 (a
 smooth rate being equal does not make the thresholded ones equal). With
-``dual_signal="exact"`` (the default) each constraint's value is the exact statistic and
-its gradient the surrogate's (a straight-through estimate, the "proxy Lagrangian" of
-Cotter, Jiang & Sridharan, ALT 2019): the dual ascent then moves the multipliers until
-the *exact* training rates meet the constraints, while the primal step still gets the
-surrogate's gradient.
+``dual_signal="exact"`` (the default) every statistic is returned as
+``ecl.Proxy(surrogate=..., exact=...)``: the core's proxy mechanism moves the multipliers
+until the *exact* training rates meet the constraints while the primal step follows the
+surrogate's gradient (the "proxy Lagrangian" of Cotter, Jiang & Sridharan, ALT 2019).
 
-**Returned iterate.** The rate constraints make the last iterate oscillate around the
-solution; :class:`IterateSelector` keeps the iterate with the lowest training objective
-among those whose exact training violations are all within ``tolerance`` (or, when none
-is, the least violating one) and puts it back into the model at the end of ``fit``. It also
-stops the fit once a feasible iterate has not been improved on for ``patience`` steps.
-
-**Warm start.** :class:`WarmStart` fits the unconstrained logistic regression with L-BFGS
-(a few milliseconds) before the first step, so the primal-dual steps only have to move
-from the unconstrained solution to the constrained one.
+**Returned iterate and warm start.** :func:`fair_solver` assembles what both the
+experiment and the estimator train with: the problem, the solver, an
+``ecl.ObjectiveWarmStart`` (the unconstrained logistic regression by L-BFGS, a few
+milliseconds, so the primal-dual steps only move from it to the constrained solution), and
+an ``ecl.select.BestFeasible(on="steps")`` selector with ``ecl.Patience`` — the rate
+constraints make the last iterate oscillate around the solution, so the returned model is
+the best training iterate whose exact violations are all within tolerance.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -48,17 +45,15 @@ from torch import Tensor, nn
 import eclearn as ecl
 from eclearn.fairness.rates import SURROGATES, indicator
 from eclearn.problem import Constraint
-from eclearn.ratio import Ratio
-from eclearn.solver import Callback, FitResult, PrimalDual
+from eclearn.statistics import Ratio
 
 __all__ = [
     "DUAL_SIGNALS",
     "FORMULATIONS",
+    "FairTraining",
     "FairnessEvaluate",
-    "IterateSelector",
-    "WarmStart",
     "build_constraints",
-    "exact_violation",
+    "fair_solver",
     "group_weights",
 ]
 
@@ -135,11 +130,9 @@ class FairnessEvaluate:
     int64 group ids in ``[0, num_groups)``. A decision is positive when the logit is > 0
     (probability > 0.5), exactly as :meth:`FairClassifier.predict` decides.
 
-    Training calls (``exact=False``) use the surrogate's gradient and, with
-    ``dual_signal="exact"``, the exact statistic as the value (see the module docstring);
-    ``exact=True`` returns the exact statistics only. After every training forward pass
-    (autograd on), :attr:`last` holds its exact constraint values and objective, which
-    :class:`IterateSelector` reads — the solver's single forward pass per step is shared.
+    Training calls (``exact=False``) return ``ecl.Proxy(surrogate, exact)`` statistics
+    with ``dual_signal="exact"`` and surrogate statistics with ``"surrogate"``;
+    ``exact=True`` returns the exact statistics only (see the module docstring).
 
     Every statistic is one matrix product of the per-sample decisions with a fixed
     ``[n, ·]`` matrix that :meth:`prepare` adds to a batch (``batch["onehot"]``, and
@@ -180,7 +173,6 @@ class FairnessEvaluate:
         self.surrogate = surrogate
         self.temperature = float(temperature)
         self.dual_signal = dual_signal
-        self.last: dict[str, Any] = {}
 
     def prepare(
         self, batch: Mapping[str, Tensor], dtype: torch.dtype | None = None
@@ -211,8 +203,6 @@ class FairnessEvaluate:
         objective = F.binary_cross_entropy_with_logits(logits, y)
         out: dict[str, Any] = {"objective": objective}
         if self.formulation == "unconstrained":
-            if torch.is_grad_enabled():
-                self.last = {"objective": objective.detach(), "values": {}}
             return out
         needs = "onehot" if self.formulation == "prescribed-rate" else "contrast"
         if needs not in batch:
@@ -222,18 +212,12 @@ class FairnessEvaluate:
             out.update(self.statistics(hard, batch))
             return out
         smooth = indicator(torch.sigmoid(logits), self.surrogate, self.temperature)
-        recording = torch.is_grad_enabled()
-        if self.dual_signal == "exact":
-            ind = smooth + (hard - smooth).detach()  # value: exact; gradient: surrogate
-            out.update(self.statistics(ind, batch))
-            if recording:
-                exact_values = {k: _value(v).detach() for k, v in out.items() if k != "objective"}
-        else:
-            out.update(self.statistics(smooth, batch))
-            if recording:
-                exact_values = {k: _value(v) for k, v in self.statistics(hard, batch).items()}
-        if recording:
-            self.last = {"objective": objective.detach(), "values": exact_values}
+        surrogate = self.statistics(smooth, batch)
+        if self.dual_signal == "surrogate":
+            out.update(surrogate)
+            return out
+        measured = self.statistics(hard, batch)
+        out.update({k: ecl.Proxy(surrogate[k], measured[k]) for k in surrogate})
         return out
 
     def statistics(self, ind: Tensor, batch: Mapping[str, Tensor]) -> dict[str, Any]:
@@ -261,188 +245,47 @@ def _contrast(cells: Tensor, members: Tensor) -> Tensor:
     return torch.where(counts > 0, matrix, torch.zeros_like(matrix))
 
 
-def _value(statistic: Tensor | Ratio) -> Tensor:
-    return statistic.value if isinstance(statistic, Ratio) else statistic
+@dataclass
+class FairTraining:
+    """What :func:`fair_solver` assembles: the problem, the solver and the callbacks to fit
+    with (warm start, selector), and the stopping criteria (patience)."""
 
-
-def exact_violation(values: Mapping[str, Tensor], constraints: Sequence[Constraint]) -> float:
-    """Largest violation: ``|value − rhs|`` (equalities), ``[value − bound]₊`` (inequalities)."""
-    worst = 0.0
-    for c in constraints:
-        v = c.violation(values[c.name].detach().double().cpu().reshape(-1))
-        v = v.abs() if c.is_equality else v.clamp_min(0)
-        worst = max(worst, float(v.max()))
-    return worst
-
-
-def _unwrap(model: nn.Module) -> nn.Module:
-    return getattr(model, "module", model)
-
-
-class WarmStart(Callback):
-    """Before the first step (``solver.step == 0``), fit the objective alone with L-BFGS.
-
-    Fitting the unconstrained model is part of training (its time is in :attr:`seconds`);
-    a resumed fit (``step > 0``) is left alone.
-    """
-
-    def __init__(self, batch: Mapping[str, Tensor], max_iter: int = 100) -> None:
-        self.batch = batch
-        self.max_iter = int(max_iter)
-        self.seconds = 0.0
-        self.done = False
-
-    def on_fit_start(self, solver: PrimalDual) -> None:
-        if self.done or solver.step > 0 or self.max_iter <= 0:
-            return
-        began = time.perf_counter()
-        model, evaluate = solver.model, solver.problem.evaluate_fn
-        batch = {
-            k: (v.to(solver.device) if isinstance(v, Tensor) else v) for k, v in self.batch.items()
-        }
-        params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.LBFGS(
-            params,
-            lr=1.0,
-            max_iter=self.max_iter,
-            history_size=10,
-            tolerance_grad=1e-6,
-            tolerance_change=1e-10,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure() -> Tensor:
-            opt.zero_grad(set_to_none=True)
-            loss = evaluate(model, batch)["objective"]
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        for p in params:
-            p.grad = None
-        self.done = True
-        self.seconds = time.perf_counter() - began
-
-
-class IterateSelector(Callback):
-    """Keep the best iterate by the exact training statistics; stop when it stops improving.
-
-    Every step reads ``evaluate.last`` — the exact constraint values and objective of the
-    step's forward pass, i.e. of the parameters *before* that step's primal update — and
-    compares that iterate with the best so far: feasible (largest exact violation ≤
-    ``tolerance``) beats infeasible; among feasible ones the lower training objective wins,
-    among infeasible ones the smaller violation. With ``restore=True`` the best iterate is
-    copied into the model when ``fit`` ends (``rule="last"`` keeps the last iterate and only
-    records). ``patience``: stop the fit (``stop_reason="selected"``) once a feasible
-    iterate exists, at least ``min_steps`` steps were taken, and the best has not changed
-    for ``patience`` steps by more than ``min_delta`` (objective; or violation while none is
-    feasible); ``None`` never stops. The choice covers the iterates of one ``fit`` call: a
-    fit resumed from a checkpoint chooses among the iterates after the resume.
-    """
-
-    def __init__(
-        self,
-        evaluate: FairnessEvaluate,
-        constraints: Sequence[Constraint],
-        *,
-        tolerance: float = 0.01,
-        patience: int | None = 100,
-        min_delta: float = 1e-4,
-        min_steps: int = 0,
-        rule: str = "best-feasible",
-    ) -> None:
-        if rule not in ("best-feasible", "last"):
-            raise ValueError(f"rule={rule!r}: choose 'best-feasible' or 'last'")
-        if tolerance < 0:
-            raise ValueError(f"selection tolerance must be ≥ 0, got {tolerance}")
-        if patience is not None and patience < 1:
-            raise ValueError(f"patience must be ≥ 1 or None, got {patience}")
-        self.evaluate = evaluate
-        self.constraints = list(constraints)
-        self.tolerance = float(tolerance)
-        self.patience = patience
-        self.min_delta = float(min_delta)
-        self.min_steps = int(min_steps)
-        self.rule = rule
-        self.reset()
-
-    def reset(self) -> None:
-        self.best: dict[str, Tensor] | None = None
-        self.best_step: int | None = None
-        self.best_key: tuple[int, float] | None = None
-        self.best_violation = math.nan
-        self.best_objective = math.nan
-        self._improved_at = 0
-        self._previous: dict[str, Tensor] | None = None
-        self._tensors: list[tuple[str, Tensor]] = []
-        self._start = 0
+    evaluate: FairnessEvaluate
+    problem: ecl.Problem
+    solver: ecl.PrimalDual
+    warm_start: ecl.ObjectiveWarmStart
+    selector: ecl.select.BestFeasible | None
+    stopping: list[Any] = field(default_factory=list)
 
     @property
-    def found_feasible(self) -> bool:
-        return self.best_key is not None and self.best_key[0] == 0
+    def callbacks(self) -> list[Any]:
+        return [self.warm_start]
 
-    def _snapshot(self) -> dict[str, Tensor]:
-        return {name: t.detach().clone() for name, t in self._tensors}
 
-    def on_fit_start(self, solver: PrimalDual) -> None:
-        self._tensors = list(_unwrap(solver.model).state_dict(keep_vars=True).items())
-        self._targets: dict[str, Tensor] = {}
-        self._previous = self._snapshot()
-        self._start = solver.step
-        self.evaluate.last = {}
-
-    def _measure(self, last: Mapping[str, Any]) -> tuple[float, float]:
-        """(largest exact violation, objective) with one host synchronisation."""
-        parts = [last["objective"].reshape(1).to(torch.float64), last["objective"].new_zeros(1)]
-        for c in self.constraints:
-            value = last["values"][c.name].reshape(-1)
-            target = self._targets.get(c.name)
-            if target is None or target.dtype != value.dtype or target.device != value.device:
-                target = self._targets[c.name] = c.target.to(value)
-            v = value - target
-            parts.append((v.abs() if c.is_equality else v).max().reshape(1).to(torch.float64))
-        numbers = torch.cat([p.to(parts[0].device) for p in parts]).tolist()
-        return max(numbers[1:]), numbers[0]
-
-    def on_step_end(self, solver: PrimalDual) -> None:
-        last = self.evaluate.last
-        if not last:
-            return
-        violation, objective = self._measure(last)
-        feasible = violation <= self.tolerance
-        key = (0, objective) if feasible else (1, violation)
-        if self.best_key is None or key < self.best_key:
-            if (
-                self.best_key is None
-                or key[0] < self.best_key[0]
-                or key[1] < self.best_key[1] - self.min_delta
-            ):
-                self._improved_at = solver.step
-            self.best_key = key
-            self.best = self._previous
-            self.best_step = solver.step - 1
-            self.best_violation, self.best_objective = violation, objective
-        self._previous = self._snapshot()
-        self.evaluate.last = {}
-        if (
-            self.patience is not None
-            and self.found_feasible
-            and solver.step - self._start >= self.min_steps
-            and solver.step - self._improved_at >= self.patience
-        ):
-            solver.request_stop("selected")
-
-    def on_fit_end(self, solver: PrimalDual, result: FitResult) -> None:
-        if self.rule == "best-feasible" and self.best is not None:
-            _unwrap(solver.model).load_state_dict(self.best)
-        result.info["selection"] = self.summary()
-
-    def summary(self) -> dict[str, Any]:
-        return {
-            "rule": self.rule,
-            "selected_step": self.best_step if self.rule == "best-feasible" else None,
-            "selected_feasible": self.found_feasible,
-            "selected_train_violation": self.best_violation,
-            "selected_train_objective": self.best_objective,
-            "tolerance": self.tolerance,
-        }
+def fair_solver(
+    evaluate: FairnessEvaluate,
+    constraints: Sequence[Constraint],
+    model: nn.Module,
+    warm_batch: Mapping[str, Tensor],
+    *,
+    optimizer: torch.optim.Optimizer,
+    dual: ecl.dual.DualOptimizer,
+    primal_steps: int = 1,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float64,
+    warm_start: bool = True,
+    select: bool = True,
+    patience: int | None = 100,
+    min_delta: float = 1e-4,
+) -> FairTraining:
+    """The fairness training recipe shared by the experiment and the estimator."""
+    problem = ecl.Problem(evaluate, constraints)
+    solver = ecl.PrimalDual(
+        problem, model, optimizer, dual, primal_steps=primal_steps, device=device, dtype=dtype
+    )
+    warm = ecl.ObjectiveWarmStart(warm_batch, max_iter=100 if warm_start else 0)
+    selector = ecl.select.BestFeasible(on="steps", min_delta=min_delta) if select else None
+    stopping: list[Any] = []
+    if selector is not None and patience:
+        stopping.append(ecl.Patience(selector, patience))
+    return FairTraining(evaluate, problem, solver, warm, selector, stopping)

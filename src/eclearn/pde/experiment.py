@@ -42,7 +42,6 @@ from pydantic import Field, field_validator, model_validator
 from torch import Tensor
 
 import eclearn as ecl
-from eclearn._io import atomic_write_text
 from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, Setup
 from eclearn.pde.convection import (
     DOMAIN_HIGH,
@@ -75,7 +74,6 @@ FORMULATIONS: tuple[str, ...] = ("pinn", "ecl-average", "ecl-pointwise", "augmen
 """The formulations, in the order tables and figures list them."""
 TERMS = ("ic", "bc", "pde")
 """Residual terms, in the order the constraints are declared."""
-CURVE_FILE = "error_curve.json"
 """Side file in the run directory holding the error curve so far (survives a resume)."""
 _STEPS_PER_EPOCH = 1000
 """Batches per "epoch" of the endless collocation stream: bounds what a resume replays."""
@@ -248,11 +246,10 @@ class ErrorCurve(Callback):
     """Relative L2 error on ``grid`` at step 0, every ``every`` steps and at ``final_step``.
 
     The curve lives in ``curve`` (``{"steps": [...], "rel_l2": [...]}``, the dict the
-    experiment keeps in ``setup.state``) and, when ``path`` is given, is also written there
-    after every evaluation, so a resumed run keeps the points recorded before its
-    checkpoint: a fit that starts past step 0 with an empty curve reloads the file and
-    drops the points after the solver's step. The points do not depend on how the
-    training is split into ``fit`` calls.
+    experiment keeps in ``setup.state``). It is the callback's ``state_dict``, so the
+    solver's checkpoints carry it and a resumed run continues the same curve; the points do
+    not depend on how the training is split into ``fit`` calls. (A diagnostic of the run,
+    recorded only: nothing is selected on it.)
     """
 
     def __init__(
@@ -261,7 +258,6 @@ class ErrorCurve(Callback):
         grid: ReferenceGrid,
         every: int,
         curve: dict[str, list[float]] | None = None,
-        path: Path | None = None,
         final_step: int | None = None,
     ) -> None:
         self.reference = reference
@@ -272,7 +268,6 @@ class ErrorCurve(Callback):
         self.curve = curve if curve is not None else {"steps": [], "rel_l2": []}
         self.curve.setdefault("steps", [])
         self.curve.setdefault("rel_l2", [])
-        self.path = path
 
     def error(self, model: Any) -> float:
         """Relative L2 error of ``model`` on the grid."""
@@ -284,32 +279,23 @@ class ErrorCurve(Callback):
             return
         self.curve["steps"].append(solver.step)
         self.curve["rel_l2"].append(self.error(solver.model))
-        if self.path is not None:
-            atomic_write_text(self.path, json.dumps(self.curve))
-
-    def restore(self, step: int) -> dict[str, list[float]]:
-        """The curve up to ``step``, reloaded from ``path`` when this process has none yet
-        (a resumed run); returns :attr:`curve`."""
-        if not self.curve["steps"] and step > 0 and self.path is not None and self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            self.curve["steps"][:] = saved.get("steps", [])
-            self.curve["rel_l2"][:] = saved.get("rel_l2", [])
-        keep = sum(1 for s in self.curve["steps"] if s <= step)
-        del self.curve["steps"][keep:]
-        del self.curve["rel_l2"][keep:]
-        return self.curve
 
     def on_fit_start(self, solver: PrimalDual) -> None:
         if solver.step == 0:
             self.curve["steps"].clear()
             self.curve["rel_l2"].clear()
             self._record(solver)
-        else:
-            self.restore(solver.step)
 
     def on_step_end(self, solver: PrimalDual) -> None:
         if solver.step % self.every == 0 or solver.step == self.final_step:
             self._record(solver)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": list(self.curve["steps"]), "rel_l2": list(self.curve["rel_l2"])}
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.curve["steps"][:] = [int(s) for s in state["steps"]]
+        self.curve["rel_l2"][:] = [float(v) for v in state["rel_l2"]]
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -411,7 +397,6 @@ class ConvectionExperiment(Experiment):
             curve_grid,
             config.eval_every,
             curve,
-            path=Path(context.run_dir) / CURVE_FILE,
             final_step=config.steps,
         )
         state = {
@@ -422,12 +407,18 @@ class ConvectionExperiment(Experiment):
             "seed": context.seed,
             "device": str(device),
         }
-        heldout = train_sample = None
+        heldout = train_sample = validation = None
         if config.formulation != "ecl-pointwise":  # fixed point sets have no held-out twin
             generator = torch.Generator().manual_seed(10_000 + context.seed)
             draw = convection.batches(config.num_points, generator=generator, device=device)
             heldout = [draw.sample() for _ in range(20)]
             train_sample = [draw.sample() for _ in range(4)]
+            if config.validation_share() > 0:
+                # selection judges fresh collocation points of the training distribution
+                # (its own generator), never the reference solution
+                picker = torch.Generator().manual_seed(20_000 + context.seed)
+                pool = convection.batches(config.num_points, generator=picker, device=device)
+                validation = [pool.sample() for _ in range(4)]
         return Setup(
             solver=solver,
             train_batches=batches,
@@ -436,6 +427,13 @@ class ConvectionExperiment(Experiment):
             state=state,
             heldout_batches=heldout,
             certify_train_batches=train_sample,
+            validation_batches=validation,
+            validation_description=(
+                "no validation points"
+                if validation is None
+                else f"validation collocation points (4 batches of {config.num_points} per term, "
+                f"seed {20_000 + context.seed})"
+            ),
             inference=False,
         )
 
@@ -461,7 +459,7 @@ class ConvectionExperiment(Experiment):
             )
         )
         out.update(_multiplier_metrics(setup))
-        curve = setup.state["error_tracker"].restore(setup.solver.step)
+        curve = setup.state["error_tracker"].curve
         out.update(
             {
                 "ms_per_step": 1000.0 * result.seconds / max(result.steps, 1),
@@ -482,7 +480,7 @@ class ConvectionExperiment(Experiment):
         paths = [
             plot_solution(setup.solver.model, convection, figure_dir / "solution.png", title=title)
         ]
-        curve = setup.state["error_tracker"].restore(setup.solver.step)
+        curve = setup.state["error_tracker"].curve
         if curve["steps"]:
             paths.append(
                 plot_error_curves(

@@ -50,6 +50,7 @@ from torch import Tensor, nn
 
 import eclearn as ecl
 from eclearn._io import atomic_write_text
+from eclearn.batches import validation_split
 from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, RunRecord, Setup
 from eclearn.solver import Callback, FitResult, PrimalDual
 from eclearn.stats import correlation_report
@@ -192,24 +193,28 @@ def balanced_subset(labels: np.ndarray, size: int | None, num_classes: int) -> n
 class ClassLossCurve(Callback):
     """Per-class mean training loss of every epoch, from the training steps' own losses.
 
-    ``evaluate`` hands each training batch's per-class loss sums and counts to :meth:`add`
-    (only while the model is in training mode, so held-out evaluation is not counted);
-    at each epoch's end the epoch's means become one point of ``curve`` (``steps``,
-    ``epochs``, ``loss`` = one list of per-class means per point) and, with ``path``, the
-    curve is written there so that a resumed run keeps its earlier points. The losses are
-    those of the augmented batches under the changing model, as in any "training loss"
-    curve; the final un-augmented losses are in the metrics.
+    ``evaluate`` returns each batch's per-class loss sums and counts under ``"extras"``;
+    :meth:`on_evaluation` (called for training steps only, so held-out evaluation is not
+    counted) accumulates them, and at each epoch's end the epoch's means become one point of
+    ``curve`` (``steps``, ``epochs``, ``loss`` = one list of per-class means per point). The
+    curve and the running sums are the callback's ``state_dict``: the solver's checkpoints
+    carry them and a resumed run continues the same curve. The losses are those of the
+    augmented batches under the changing model, as in any "training loss" curve; the final
+    un-augmented losses are in the metrics.
     """
 
-    def __init__(self, num_classes: int, path: Path | None = None) -> None:
+    def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.path = path
         self.curve: dict[str, list[Any]] = {"steps": [], "epochs": [], "loss": []}
         self._sums: Tensor | None = None
         self._counts: Tensor | None = None
 
-    def add(self, sums: Tensor, counts: Tensor) -> None:
-        sums, counts = sums.detach().double(), counts.detach().double()
+    def on_evaluation(self, solver: Any, evaluation: Any) -> None:
+        extras = evaluation.extras
+        if "class_sums" not in extras:
+            return
+        sums = extras["class_sums"].detach().double()
+        counts = extras["class_counts"].detach().double()
         if self._sums is None or self._counts is None:
             self._sums, self._counts = sums.clone(), counts.clone()
         else:
@@ -217,18 +222,10 @@ class ClassLossCurve(Callback):
             self._counts += counts
 
     def on_fit_start(self, solver: PrimalDual) -> None:
-        self._sums = self._counts = None
         if solver.step == 0:
             for values in self.curve.values():
                 values.clear()
-            return
-        if not self.curve["steps"] and self.path is not None and self.path.is_file():
-            saved = json.loads(self.path.read_text())
-            for key in self.curve:
-                self.curve[key][:] = saved.get(key, [])
-        keep = sum(1 for s in self.curve["steps"] if s <= solver.step)
-        for values in self.curve.values():
-            del values[keep:]
+            self._sums = self._counts = None
 
     def on_epoch_end(self, solver: PrimalDual) -> None:
         if self._sums is None or self._counts is None:
@@ -239,16 +236,24 @@ class ClassLossCurve(Callback):
         self.curve["epochs"].append(int(solver.epoch))
         self.curve["loss"].append([None if math.isnan(v) else float(v) for v in means.tolist()])
         self._sums = self._counts = None
-        if self.path is not None:
-            atomic_write_text(self.path, json.dumps(self.curve))
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "steps": list(self.curve["steps"]),
+            "epochs": list(self.curve["epochs"]),
+            "loss": [list(point) for point in self.curve["loss"]],
+            "sums": None if self._sums is None else self._sums.cpu().clone(),
+            "counts": None if self._counts is None else self._counts.cpu().clone(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key in ("steps", "epochs", "loss"):
+            self.curve[key][:] = list(state[key])
+        self._sums = None if state["sums"] is None else state["sums"].clone()
+        self._counts = None if state["counts"] is None else state["counts"].clone()
 
 
-def build_problem(
-    config: InterpolationConfig,
-    num_classes: int,
-    num_samples: int,
-    tracker: ClassLossCurve | None = None,
-) -> ecl.Problem:
+def build_problem(config: InterpolationConfig, num_classes: int, num_samples: int) -> ecl.Problem:
     """The problem of ``config.formulation`` (see the module docstring)."""
     formulation = config.formulation
     channels_last = config.channels_last
@@ -261,16 +266,18 @@ def build_problem(
         labels = batch["y"]
         if formulation == "ecl-sample":
             losses = per_sample_loss(logits, labels)
-            if tracker is not None and model.training:
-                sums = losses.detach().new_zeros(num_classes).index_add(0, labels, losses.detach())
-                tracker.add(sums, torch.bincount(labels, minlength=num_classes))
-            return {SAMPLE_CONSTRAINT: losses}
+            detached = losses.detach()
+            extras = {
+                "class_sums": detached.new_zeros(num_classes).index_add(0, labels, detached),
+                "class_counts": torch.bincount(labels, minlength=num_classes),
+            }
+            return {SAMPLE_CONSTRAINT: losses, "extras": extras}
         ratio = per_class_loss(logits, labels, num_classes)
-        if tracker is not None and model.training:
-            tracker.add(ratio.numerator, ratio.denominator)
+        extras = {"class_sums": ratio.numerator.detach(), "class_counts": ratio.denominator}
         if formulation == "erm":
-            return {"objective": ratio.numerator.sum() / max(labels.shape[0], 1)}
-        return {CLASS_CONSTRAINT: ratio}
+            objective = ratio.numerator.sum() / max(labels.shape[0], 1)
+            return {"objective": objective, "extras": extras}
+        return {CLASS_CONSTRAINT: ratio, "extras": extras}
 
     constraints: list[ecl.Constraint] = []
     if formulation == "ecl-class":
@@ -430,6 +437,13 @@ class InterpolationExperiment(Experiment):
         x_test = to_tensor(data.x_test[test_rows], mean, std)
         y_train = torch.as_tensor(data.y_train[train_rows])
         y_test = torch.as_tensor(data.y_test[test_rows])
+        validation = None
+        share = config.validation_share()
+        if share > 0:  # model selection judges a split of the training images, never the test
+            kept, validation = validation_split(
+                {"x": x_train, "y": y_train}, share, seed=context.seed, stratify=y_train
+            )
+            x_train, y_train = kept["x"], kept["y"]
         num_train = int(y_train.shape[0])
 
         augment = Augment(
@@ -444,8 +458,8 @@ class InterpolationExperiment(Experiment):
         model = _model(config, num_classes).to(device)
         if config.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        tracker = ClassLossCurve(num_classes, Path(context.run_dir) / CURVE_FILE)
-        problem = build_problem(config, num_classes, num_train, tracker)
+        tracker = ClassLossCurve(num_classes)
+        problem = build_problem(config, num_classes, num_train)
         optimizer = torch.optim.SGD(
             model.parameters(),
             lr=config.lr,
@@ -504,6 +518,21 @@ class InterpolationExperiment(Experiment):
             )
             if constrained
             else None,
+            validation_batches=None
+            if validation is None
+            else make_batches(
+                validation["x"],
+                validation["y"],
+                config.eval_batch_size,
+                shuffle=False,
+                device=device,
+            ),
+            validation_description=(
+                "no validation split"
+                if validation is None
+                else f"validation split ({len(validation['y'])} of {len(train_rows)} training "
+                f"images, stratified by class, seed {context.seed})"
+            ),
         )
 
     def metrics(self, setup: Setup, result: FitResult, context: RunContext) -> dict[str, Any]:
@@ -517,6 +546,8 @@ class InterpolationExperiment(Experiment):
         train_logits = predict(model, state["x_train"], config.eval_batch_size, **kwargs)
         test_logits = predict(model, state["x_test"], config.eval_batch_size, **kwargs)
 
+        # the per-epoch class-loss curve is an artifact of the run directory (for reports)
+        atomic_write_text(Path(context.run_dir) / CURVE_FILE, json.dumps(state["curve"]))
         train_losses = F.cross_entropy(train_logits.double(), y_train, reduction="none")
         train_class = per_class_loss(train_logits.double(), y_train, num_classes).value
         test_class = per_class_loss(test_logits.double(), y_test, num_classes).value

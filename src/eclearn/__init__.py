@@ -19,7 +19,7 @@ from eclearn.ratio import Ratio
 from eclearn.recovery import CandidateRecorder, MixtureModel, Recovered, recover
 from eclearn.solver import Callback, FitResult, PrimalDual, StoppingRule
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is set (pyproject.toml reads it)
 
 __all__ = [
     "AugmentedLagrangian",

@@ -30,7 +30,7 @@ from eclearn.solver import (
 )
 from eclearn.statistics import Proxy, Ratio
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # the one place the version is set (pyproject.toml reads it)
 
 __all__ = [
     "AugmentedLagrangian",

@@ -15,8 +15,9 @@ Pointwise terms are batch means over the rows: ``(1/B) Σ_i term(μ_i, v_i)``.
 
 **Schedules.** Penalty weights and the augmented Lagrangian's ``ρ`` may grow during
 training, as in the classical method of multipliers: ``schedule`` is a callable
-``k -> factor`` of the dual-step counter ``k`` or a number ``γ ≥ 1`` (factor ``γᵏ``), capped
-by ``max_factor``. The solver calls :meth:`Formulation.at_step` before every step, so the
+``k -> factor`` or a number ``γ ≥ 1`` (factor ``γᵏ``), capped by ``max_factor``; ``k`` counts
+the dual steps (outer iterations) for the augmented Lagrangian and the training steps for
+penalties, which take no dual steps. The solver calls :meth:`Formulation.at_step` before every step, so the
 value is a pure function of the counter and resumes exactly.
 """
 

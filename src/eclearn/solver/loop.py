@@ -489,7 +489,9 @@ class PrimalDual:
         This is the whole of a training step: a user's own loop may call it per batch."""
         step = self.step + 1
         where = f"step {step}"
-        self.formulation.at_step(self.dual_steps)
+        # ρ follows the dual steps (outer iterations); fixed penalties take none: the steps
+        form = self.formulation
+        form.at_step(self.dual_steps if form.updates_multipliers else self.step)
         coeffs = self.coefficients
         batch = prepare_batch(batch, self.device, self.batch_keys, where)
         ev = self._forward(batch, step)

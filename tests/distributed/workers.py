@@ -157,16 +157,23 @@ def report_numbers(report) -> dict:
 def scenarios(rank: int, world: int, tmp: str, steps: int, single_checkpoint: str) -> None:
     """Every multi-process scenario in one spawn (process start-up dominates the cost)."""
     _init(rank, world, f"{tmp}/init")
+    scenarios = {
+        "two": lambda: train(rank, world, steps),
+        "two_ddp": lambda: train(rank, world, steps, ddp=True),
+        "first_half": lambda: train(rank, world, steps // 2, save=f"{tmp}/half-2.pt"),
+        "resumed_from_one": lambda: train(rank, world, steps - steps // 2, load=single_checkpoint),
+        "mismatch": lambda: expect_problem_error(lambda: mismatched_constraints(rank)),
+        "repeated": lambda: expect_problem_error(lambda: repeated_index(rank)),
+        "evaluate": lambda: evaluate_shard(rank, world),
+    }
     try:
-        results = {
-            "two": train(rank, world, steps),
-            "two_ddp": train(rank, world, steps, ddp=True),
-            "first_half": train(rank, world, steps // 2, save=f"{tmp}/half-2.pt"),
-            "resumed_from_one": train(rank, world, steps - steps // 2, load=single_checkpoint),
-            "mismatch": expect_problem_error(lambda: mismatched_constraints(rank)),
-            "repeated": expect_problem_error(lambda: repeated_index(rank)),
-            "evaluate": evaluate_shard(rank, world),
-        }
+        results = {}
+        for name, scenario in scenarios.items():
+            results[name] = scenario()
+            # every rank finishes a scenario (and its collectives) before the next starts:
+            # a rank racing ahead into another scenario's collectives aborts gloo
+            dist.barrier()
         torch.save(results, f"{tmp}/rank{rank}.pt")
+        dist.barrier()
     finally:
         dist.destroy_process_group()

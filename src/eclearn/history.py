@@ -1,9 +1,10 @@
 """Per-step training records and their column schema.
 
 Each step appends one row of numbers (objective, Lagrangian, every constraint's value,
-violation and multiplier, per-sample table summaries, learning rates). Rows are written
-into a small buffer on the training device and moved to the CPU a block at a time, so
-recording costs no device synchronisation per step.
+violation and multiplier, per-sample table summaries, learning rates). A row is kept as
+references to the step's small tensors and assembled with the others of its block (256
+rows) in a few device operations and one copy to the CPU, so recording costs no device
+operation and no synchronisation per step.
 
 The schema (:class:`Columns`, built from the problem; every reader asks it instead of
 parsing names):
@@ -239,32 +240,47 @@ class History:
         self.columns = list(self.schema.names)
         self._index = self.schema.index
         self._blocks: list[np.ndarray] = []
-        self._buffer: Tensor | None = None
-        self._fill = 0
+        self._pending: list[tuple[Sequence[float], tuple[Tensor, ...]]] = []
 
-    def record(self, row: Tensor) -> None:
-        """Append one row (a 1-D tensor, one entry per column, on any device)."""
-        if row.numel() != len(self.columns):
-            raise ValueError(
-                f"history row has {row.numel()} entries for {len(self.columns)} columns"
-            )
-        if self._buffer is None or self._buffer.device != row.device:
-            self._flush()
-            self._buffer = torch.empty(
-                _BLOCK, len(self.columns), dtype=torch.float64, device=row.device
-            )
-        self._buffer[self._fill].copy_(row.detach())
-        self._fill += 1
-        if self._fill == _BLOCK:
+    def record(self, row: Tensor | Sequence[Tensor], head: Sequence[float] = ()) -> None:
+        """Append one row: ``head`` (plain numbers for the leading columns, e.g. the step
+        counters) followed by ``row`` — a 1-D tensor, or a sequence of 1-D tensors (on any
+        device) that together fill the remaining columns. The tensors are kept by reference
+        and assembled a block of rows at a time, so recording costs no device operation and
+        no synchronisation per step: they must not be modified in place afterwards."""
+        pieces = (row,) if isinstance(row, Tensor) else tuple(row)
+        if not self._pending:  # the layout is checked once per block
+            width = len(head) + sum(p.numel() for p in pieces)
+            if width != len(self.columns):
+                raise ValueError(f"history row has {width} entries for {len(self.columns)} columns")
+        self._pending.append((head, pieces))
+        if len(self._pending) == _BLOCK:
             self._flush()
 
     def _flush(self) -> None:
-        if self._buffer is not None and self._fill:
-            self._blocks.append(self._buffer[: self._fill].cpu().numpy().copy())
-            self._fill = 0
+        if not self._pending:
+            return
+        rows, self._pending = self._pending, []
+        heads = np.asarray([h for h, _ in rows], dtype=np.float64).reshape(len(rows), -1)
+        try:
+            parts = [
+                torch.stack([r[i].detach().reshape(-1) for _, r in rows]).to(torch.float64)
+                for i in range(len(rows[0][1]))
+            ]
+            block = torch.cat(parts, dim=1).cpu().numpy()
+        except RuntimeError as err:
+            raise ValueError(
+                f"history rows of one block must have the same layout ({err})"
+            ) from None
+        if heads.shape[1] + block.shape[1] != len(self.columns):
+            raise ValueError(
+                f"history row has {heads.shape[1] + block.shape[1]} entries for "
+                f"{len(self.columns)} columns"
+            )
+        self._blocks.append(np.concatenate([heads, block], axis=1))
 
     def __len__(self) -> int:
-        return sum(len(b) for b in self._blocks) + self._fill
+        return sum(len(b) for b in self._blocks) + len(self._pending)
 
     def to_numpy(self) -> np.ndarray:
         """All rows as a ``[steps, columns]`` float64 array."""
@@ -357,7 +373,7 @@ class History:
             )
         data = state["data"]
         assert isinstance(data, Tensor)
-        self._buffer, self._fill = None, 0
+        self._pending = []
         self._blocks = [data.numpy().copy()] if len(data) else []
 
 

@@ -9,7 +9,9 @@ multipliers are projected onto ``≥ 0`` after every update. :class:`Multipliers
 kinds for one problem (what the solver owns and checkpoints).
 
 Memory: a table is built at its final size in one allocation (no temporary copies), and its
-running sums start from the closed form of a constant initial value.
+running sums start from the closed form of a constant initial value. The flat vector is
+replaced by every update rather than changed in place (it is small), so each step's
+multipliers can be recorded by reference.
 """
 
 from __future__ import annotations
@@ -60,20 +62,35 @@ class DenseMultipliers:
 
     def violation(self, flat: Tensor) -> Tensor:
         """Signed violations of the flat values (positive = violated)."""
-        v = flat - self.target.to(flat.dtype)
+        target = self.target if flat.dtype == self.target.dtype else self.target.to(flat.dtype)
+        v = flat - target
         return v * self.sign.to(flat.dtype) if self.signed else v
 
     def __getitem__(self, name: str) -> Tensor:
         return self.value[self.slices[name]]
 
-    def flatten(self, values: dict[str, Tensor]) -> Tensor:
-        """Concatenate per-constraint tensors in declaration order."""
-        return torch.cat([values[c.name].reshape(-1) for c in self.constraints])
+    def flatten(self, values: Mapping[str, Tensor]) -> Tensor:
+        """Concatenate per-constraint ``[size]`` tensors in declaration order."""
+        if len(self.constraints) == 1:
+            return values[self.constraints[0].name]
+        return torch.cat([values[c.name] for c in self.constraints])
+
+    def measured(self, ev: Any) -> Tensor:
+        """The flat measured values of an ``Evaluation`` (exact parts of proxies)."""
+        if len(self.constraints) == 1:
+            return ev.measured(self.constraints[0].name)
+        return torch.cat([ev.measured(c.name) for c in self.constraints])
 
     def project_(self) -> None:
         """Inequality multipliers onto ``[0, ∞)``; equality multipliers untouched."""
         if self.has_inequality:
-            self.value.copy_(torch.where(self.inequality, self.value.clamp_min(0), self.value))
+            self.value = torch.where(self.inequality, self.value.clamp_min(0), self.value)
+
+    def step_(self, delta: Tensor) -> None:
+        """``value ← project(value + delta)``. The vector is replaced, never changed in place,
+        so the history may keep a reference to each step's multipliers."""
+        self.value = self.value + delta
+        self.project_()
 
     def to(
         self, device: torch.device | str | None = None, dtype: torch.dtype | None = None
@@ -126,7 +143,8 @@ class IndexedMultipliers:
 
     def violation(self, value: Tensor) -> Tensor:
         """Signed per-sample violations ``[B, size]`` of the batch's rows."""
-        v = value - self.target.to(value.dtype)
+        target = self.target if value.dtype == self.target.dtype else self.target.to(value.dtype)
+        v = value - target
         return v if self.sign == 1.0 else v * self.sign
 
     def excess(self, value: Tensor) -> Tensor:
@@ -236,6 +254,7 @@ class Multipliers:
     def set(self, values: Mapping[str, Tensor]) -> None:
         """Overwrite multipliers by name (shapes as in :meth:`as_dict`; inequalities are
         projected onto ``≥ 0``)."""
+        self.dense.value = self.dense.value.clone()  # replaced, not changed in place
         for name, value in values.items():
             if name in self.dense.slices:
                 target = self.dense.value[self.dense.slices[name]]

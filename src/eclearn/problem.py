@@ -100,6 +100,7 @@ class Constraint:
         self.lr = None if lr is None else float(lr)
         self.tolerance = float(tolerance)
         self.sign = float(sign)
+        self.shape = torch.Size([size])
         self.target = self._vector(target, "rhs" if self.kind == "equality" else "bound")
         self.init = self._vector(init, "init")
         if self.kind == "inequality" and bool((self.init < 0).any()):
@@ -334,11 +335,12 @@ class Evaluation:
         return value * size, torch.full_like(value, size).detach()
 
     def frozen(self) -> Evaluation:
-        """A detached copy of the numbers (statistics, not activations): the values may alias
-        parameters that the primal step changes in place."""
+        """A detached copy of the numbers (statistics, not activations): a value that is a
+        parameter or a view of one would change with the primal step, so it is cloned; a
+        freshly computed value is only detached."""
         return Evaluation(
-            None if self.objective is None else self.objective.detach().clone(),
-            {k: v.detach().clone() for k, v in self.values.items()},
+            None if self.objective is None else _snapshot(self.objective),
+            {k: _snapshot(v) for k, v in self.values.items()},
             {k: r.detach() for k, r in self.ratios.items()},
             self.indices,
             self.batch_size,
@@ -347,6 +349,12 @@ class Evaluation:
             None if self.exact_objective is None else self.exact_objective.clone(),
             self.extras,
         )
+
+
+def _snapshot(value: Tensor) -> Tensor:
+    detached = value.detach()
+    fresh = value.grad_fn is not None and value._base is None
+    return detached if fresh else detached.clone()
 
 
 def _batch_size(batch: Any) -> int:
@@ -496,12 +504,18 @@ class Problem:
         ev = Evaluation(None, {}, {}, {}, size)
         raw_objective = out.get(OBJECTIVE)
         if raw_objective is not None:
-            ev.objective = self._objective(raw_objective, ev, where)
+            if type(raw_objective) is Tensor and raw_objective.dim() == 0:
+                ev.objective = raw_objective  # the common case, checked without detours
+            else:
+                ev.objective = self._objective(raw_objective, ev, where)
         extras = out.get(EXTRAS)
         if extras is not None:
             ev.extras = extras if isinstance(extras, dict) else {"value": extras}
         for c in self.constraints:
             raw = out[c.name]
+            if type(raw) is Tensor and not c.pointwise and raw.shape == c.shape:
+                ev.values[c.name] = raw  # the common case: a [size] tensor
+                continue
             if c.pointwise:
                 self._pointwise(c, raw, batch, ev, where)
                 continue

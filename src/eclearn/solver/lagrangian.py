@@ -145,19 +145,19 @@ def dual_update(
     coeffs: Coefficients,
     formulation: Formulation,
     factor: float = 1.0,
+    violation: Tensor | None = None,
 ) -> None:
     """One dual step along the measured (exact) values of ``ev``; ``factor`` scales the
-    learning rates (the dual schedule)."""
+    learning rates (the dual schedule). ``violation``: the average constraints' signed
+    violations when already computed (in the multipliers' dtype)."""
     dense = mults.dense
-    dtype = dense.value.dtype
     if dense.size:
-        flat = torch.cat([ev.measured(c.name).reshape(-1) for c in dense.constraints]).to(dtype)
-        violation = dense.violation(flat)
+        if violation is None:
+            violation = dense.violation(dense.measured(ev).to(dense.value.dtype))
         grad = formulation.dual_gradient(violation, dense.value, dense.inequality)
         lr = coeffs.dense_lr if factor == 1.0 else coeffs.dense_lr * factor
         delta, state[DENSE] = optimizer.update(grad, state[DENSE], lr)
-        dense.value.add_(delta)
-        dense.project_()
+        dense.step_(delta)
     for name, table in mults.tables.items():
         index = ev.indices[name]
         violation = table.violation(ev.measured(name).to(table.table.dtype))

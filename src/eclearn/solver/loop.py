@@ -245,6 +245,7 @@ class PrimalDual:
             self.dual_state[name] = self.dual_optimizer.init_state(table.table)
         self._coefficients: Coefficients | None = None
         self.history = History(self._schema(proxies=False))
+        self._proxy_columns = False
 
         self.step = 0
         self.dual_steps = 0
@@ -255,7 +256,7 @@ class PrimalDual:
         self._pending_states: dict[str, Any] = {}
         self._retained: dict[str, Any] = {}
         self._stop_reason: str | None = None
-        self._last_row: Tensor | None = None
+        self._last_row: tuple[tuple[float, ...], list[Tensor]] | None = None
         self._nan = torch.tensor(math.nan, device=self.device)
 
     # ------------------------------------------------------------------ set-up helpers
@@ -295,6 +296,7 @@ class PrimalDual:
                 "the same kind of value (Proxy or not) for a constraint at every step"
             )
         self.history = History(columns)
+        self._proxy_columns = "surrogate/objective" in columns.index
 
     @property
     def coefficients(self) -> Coefficients:
@@ -364,7 +366,11 @@ class PrimalDual:
         """The most recent history row as a dict (synchronises with the device)."""
         if self._last_row is None:
             return {}
-        return dict(zip(self.history.columns, self._last_row.tolist(), strict=True))
+        head, pieces = self._last_row
+        values = [float(v) for v in head] + torch.cat(
+            [p.detach().double().reshape(-1) for p in pieces]
+        ).tolist()
+        return dict(zip(self.history.columns, values, strict=True))
 
     def request_stop(self, reason: str = "callback") -> None:
         """Ask ``fit`` to stop after the current step (for callbacks)."""
@@ -525,9 +531,14 @@ class PrimalDual:
         record_ev = step_ev
         moved = self.formulation.updates_multipliers and step % self.primal_steps == 0
         factor = self.dual_optimizer.factor(self.dual_steps)
+        if moved and (self.mode == "alternating" or self.closure):
+            record_ev = self._measure(batch, step)
+        dense = self.multiplier_tables.dense
+        flat = violation = None
+        if dense.size:  # one measurement for the dual step and the history row
+            flat = dense.measured(record_ev)
+            violation = dense.violation(flat.to(dense.value.dtype))
         if moved:
-            if self.mode == "alternating" or self.closure:
-                record_ev = self._measure(batch, step)
             dual_update(
                 record_ev,
                 self.multiplier_tables,
@@ -536,9 +547,10 @@ class PrimalDual:
                 coeffs,
                 self.formulation,
                 factor,
+                violation,
             )
             self.dual_steps += 1
-        self._record(record_ev, lagrangian, lrs, factor)
+        self._record(record_ev, lagrangian, lrs, factor, flat, violation)
         self.last_step = StepRecord(step, step_ev, lagrangian, moved)
         for hook in self._active:
             hook.on_step_end(self)
@@ -563,7 +575,7 @@ class PrimalDual:
                         f"pointwise constraint {name!r} would update one multiplier twice in a "
                         "step; sample without replacement within a batch"
                     )
-        if ev.has_proxies != ("surrogate/objective" in self.history.schema.index):
+        if ev.has_proxies != self._proxy_columns:
             self.use_schema(self._schema(proxies=ev.has_proxies))
         if not torch.is_grad_enabled():
             return
@@ -668,33 +680,38 @@ class PrimalDual:
         return fresh
 
     @torch.no_grad()
-    def _record(self, ev: Evaluation, lagrangian: Tensor, lrs: list[float], factor: float) -> None:
-        """Append one history row (a single ``cat``; no device synchronisation)."""
+    def _record(
+        self,
+        ev: Evaluation,
+        lagrangian: Tensor,
+        lrs: list[float],
+        factor: float,
+        flat: Tensor | None,
+        violation: Tensor | None,
+    ) -> None:
+        """Append one history row: the counters as plain numbers, the statistics as one
+        ``cat`` on the device (no synchronisation)."""
         mults = self.multiplier_tables
-        head = torch.tensor([self.step, self.epoch, *lrs, factor], dtype=torch.float64)
         objective = ev.measured_objective
         pieces = [
-            head.to(self.device, non_blocking=True),
-            torch.stack(
-                [(self._nan if objective is None else objective).to(lagrangian.dtype), lagrangian]
-            ),
+            (self._nan if objective is None else objective).reshape(1),
+            lagrangian.reshape(1),
         ]
         dense = mults.dense
-        if dense.size:
-            flat = torch.cat([ev.measured(c.name).reshape(-1) for c in dense.constraints])
-            pieces += [flat, dense.violation(flat), dense.value]
+        if flat is not None and violation is not None:
+            pieces += [flat, violation, dense.value]
         for name, table in mults.tables.items():
             excess = table.excess(ev.measured(name))
             mu = table.gather(ev.indices[name]).abs().max().reshape(1)
             pieces += [excess.mean().reshape(1), excess.max().reshape(1), table.summary(), mu]
-        if "surrogate/objective" in self.history.schema.index:
+        if self._proxy_columns:
             surrogate = self._nan if ev.objective is None else ev.objective.detach()
             pieces.append(surrogate.reshape(1))
             if dense.size:
                 pieces.append(dense.flatten(ev.values).detach())
-        row = torch.cat([p.to(torch.float64) for p in pieces])
-        self._last_row = row
-        self.history.record(row)
+        head = (self.step, self.epoch, *lrs, factor)
+        self._last_row = (head, pieces)
+        self.history.record(pieces, head)
 
     # ------------------------------------------------------------------ callbacks' state
     def _stateful(self, hooks: Sequence[Callback]) -> dict[str, Callback]:

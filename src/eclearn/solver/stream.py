@@ -36,8 +36,10 @@ def prepare_batch(
     """A batch as ``evaluate`` receives it: named by ``keys`` when it is a tuple/list, its
     tensors moved to ``device``."""
     if isinstance(batch, Mapping):
-        if device is None:
-            return dict(batch)
+        if device is None or all(
+            not isinstance(v, Tensor) or v.device == device for v in batch.values()
+        ):
+            return batch  # already where it must be: no copy
         return {k: _move(v, device) for k, v in batch.items()}
     if isinstance(batch, (tuple, list)):
         if keys is not None:
@@ -61,7 +63,7 @@ def prepare_batch(
 
 
 def _move(value: Any, device: torch.device | None) -> Any:
-    if device is not None and isinstance(value, Tensor):
+    if device is not None and isinstance(value, Tensor) and value.device != device:
         return value.to(device, non_blocking=True)
     return value
 

@@ -244,8 +244,8 @@ class History:
 
     def record(self, row: Tensor | Sequence[Tensor], head: Sequence[float] = ()) -> None:
         """Append one row: ``head`` (plain numbers for the leading columns, e.g. the step
-        counters) followed by ``row`` — a 1-D tensor, or a sequence of 1-D tensors (on any
-        device) that together fill the remaining columns. The tensors are kept by reference
+        counters) followed by ``row`` — a 1-D tensor, or a sequence of 0-D/1-D tensors (on
+        any device) that together fill the remaining columns. The tensors are kept by reference
         and assembled a block of rows at a time, so recording costs no device operation and
         no synchronisation per step: they must not be modified in place afterwards."""
         pieces = (row,) if isinstance(row, Tensor) else tuple(row)
@@ -263,10 +263,10 @@ class History:
         rows, self._pending = self._pending, []
         heads = np.asarray([h for h, _ in rows], dtype=np.float64).reshape(len(rows), -1)
         try:
-            parts = [
-                torch.stack([r[i].detach().reshape(-1) for _, r in rows]).to(torch.float64)
-                for i in range(len(rows[0][1]))
-            ]
+            parts = []
+            for i in range(len(rows[0][1])):
+                column = torch.stack([r[i] for _, r in rows]).detach().to(torch.float64)
+                parts.append(column if column.dim() == 2 else column.reshape(len(rows), -1))
             block = torch.cat(parts, dim=1).cpu().numpy()
         except RuntimeError as err:
             raise ValueError(

@@ -56,14 +56,18 @@ class DenseMultipliers:
             device=device,
         )
         self.has_inequality = bool(self.inequality.any())
+        self.zero_target = not bool(self.target.any())
         signs = [c.sign for c in self.constraints for _ in range(c.size)]
         self.signed = any(x != 1.0 for x in signs)
         self.sign = torch.tensor(signs, dtype=dtype, device=device)
 
     def violation(self, flat: Tensor) -> Tensor:
         """Signed violations of the flat values (positive = violated)."""
-        target = self.target if flat.dtype == self.target.dtype else self.target.to(flat.dtype)
-        v = flat - target
+        if self.zero_target:
+            v = flat
+        else:
+            target = self.target if flat.dtype == self.target.dtype else self.target.to(flat.dtype)
+            v = flat - target
         return v * self.sign.to(flat.dtype) if self.signed else v
 
     def __getitem__(self, name: str) -> Tensor:

@@ -258,6 +258,7 @@ class PrimalDual:
         self._stop_reason: str | None = None
         self._last_row: tuple[tuple[float, ...], list[Tensor]] | None = None
         self._nan = torch.tensor(math.nan, device=self.device)
+        self._finite: Tensor | None = None
 
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
@@ -369,7 +370,7 @@ class PrimalDual:
         head, pieces = self._last_row
         values = [float(v) for v in head] + torch.cat(
             [p.detach().double().reshape(-1) for p in pieces]
-        ).tolist()
+        ).tolist()  # (only when asked: one synchronisation)
         return dict(zip(self.history.columns, values, strict=True))
 
     def request_stop(self, reason: str = "callback") -> None:
@@ -519,8 +520,7 @@ class PrimalDual:
             )
             assert global_loss is not None
             loss = global_loss
-        if not bool(torch.isfinite(lagrangian)):
-            self._raise_not_finite(ev, lagrangian, where)
+        self._check_finite(ev, lagrangian, where)
         for hook in self._active:
             hook.on_evaluation(self, step_ev)
         self._primal_update(loss, batch, step)
@@ -557,11 +557,13 @@ class PrimalDual:
         return self.last_step
 
     def _forward(self, batch: Any, step: int, grad: bool = True) -> Evaluation:
-        with torch.set_grad_enabled(grad):
-            if self.autocast is None:
-                return self.problem(self.model, batch, exact=False, step=step)
-            with torch.autocast(self.device.type, dtype=self.autocast):
-                return self.problem(self.model, batch, exact=False, step=step)
+        if grad != torch.is_grad_enabled():
+            with torch.set_grad_enabled(grad):
+                return self._forward(batch, step, grad)
+        if self.autocast is None:
+            return self.problem(self.model, batch, exact=False, step=step)
+        with torch.autocast(self.device.type, dtype=self.autocast):
+            return self.problem(self.model, batch, exact=False, step=step)
 
     def _check_step(self, ev: Evaluation, step: int) -> None:
         where = f"step {step}"
@@ -593,6 +595,19 @@ class PrimalDual:
                 f"{where}: the objective has no gradient path to the model's parameters "
                 "(requires_grad=False): there is nothing to train"
             )
+
+    def _check_finite(self, ev: Evaluation, lagrangian: Tensor, where: str) -> None:
+        """Stop before the primal step on a NaN/Inf Lagrangian, naming the term. On the CPU
+        every step (reading a number costs nothing there); on an accelerator the check would
+        synchronise, so a device flag accumulates it and is read every 256 steps."""
+        if self.device.type == "cpu":
+            if not math.isfinite(float(lagrangian)):
+                self._raise_not_finite(ev, lagrangian, where)
+            return
+        finite = torch.isfinite(lagrangian)
+        self._finite = finite if self._finite is None else self._finite & finite
+        if self.step % 256 == 255 and not bool(self._finite):
+            self._raise_not_finite(ev, lagrangian, f"{where} (or up to 255 steps before)")
 
     def _raise_not_finite(self, ev: Evaluation, lagrangian: Tensor, where: str) -> None:
         terms = dict(ev.values)
@@ -693,20 +708,17 @@ class PrimalDual:
         ``cat`` on the device (no synchronisation)."""
         mults = self.multiplier_tables
         objective = ev.measured_objective
-        pieces = [
-            (self._nan if objective is None else objective).reshape(1),
-            lagrangian.reshape(1),
-        ]
+        pieces = [self._nan if objective is None else objective, lagrangian]
         dense = mults.dense
         if flat is not None and violation is not None:
             pieces += [flat, violation, dense.value]
         for name, table in mults.tables.items():
             excess = table.excess(ev.measured(name))
-            mu = table.gather(ev.indices[name]).abs().max().reshape(1)
-            pieces += [excess.mean().reshape(1), excess.max().reshape(1), table.summary(), mu]
+            mu = table.gather(ev.indices[name]).abs().max()
+            pieces += [excess.mean(), excess.max(), table.summary(), mu]
         if self._proxy_columns:
             surrogate = self._nan if ev.objective is None else ev.objective.detach()
-            pieces.append(surrogate.reshape(1))
+            pieces.append(surrogate)
             if dense.size:
                 pieces.append(dense.flatten(ev.values).detach())
         head = (self.step, self.epoch, *lrs, factor)

@@ -131,6 +131,7 @@ class Certificate:
         return " ".join(sentences)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able certificate (what ``certificate.json`` holds)."""
         return {
             "confidence": self.confidence,
             "summary": self.summary(),
@@ -320,7 +321,7 @@ def certify(
             problem,
             model,
             multipliers,
-            train_batches=gap["batches"],
+            batches=gap["batches"],
             **{k: v for k, v in gap.items() if k != "batches"},
         )
     return Certificate(

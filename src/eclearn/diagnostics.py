@@ -43,6 +43,7 @@ class Diagnostic:
     message: str
 
     def to_dict(self) -> dict[str, object]:
+        """Plain JSON-able description."""
         return asdict(self)
 
 
@@ -60,7 +61,7 @@ def _series(history: History, problem: Problem, start: int):
         yield (
             comp.label,
             comp,
-            data[:, schema.index[column]],
+            data[:, schema.index[str(column)]],
             data[:, schema.index[comp.multiplier]],
         )
 

@@ -94,6 +94,7 @@ class DualOptimizer:
 
     @property
     def lrs(self) -> dict[str, float]:
+        """The learning rates: ``{"default": lr}`` plus per-constraint entries."""
         return self._lrs
 
     @lrs.setter
@@ -121,14 +122,18 @@ class DualOptimizer:
         return float(self._lrs.get(name, self._lrs["default"]))
 
     def init_state(self, like: Tensor) -> dict[str, Tensor]:
+        """The zero state for multipliers shaped like ``like`` (see the module docstring)."""
         return {name: torch.zeros_like(like) for name in self.state_names}
 
     def update(
         self, grad: Tensor, state: dict[str, Tensor], lr: Tensor
     ) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(delta, new state)`` of the touched entries from their dual gradient, state and
+        learning rates — a pure function (see the module docstring)."""
         raise NotImplementedError
 
     def hyperparameters(self) -> dict[str, object]:
+        """Plain settings (checkpoints compare them on load)."""
         return {"type": type(self).__name__, "lr": self.lrs}
 
     def __repr__(self) -> str:

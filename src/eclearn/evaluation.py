@@ -47,6 +47,7 @@ class ConstraintReport:
 
     @property
     def feasible(self) -> bool:
+        """Every component (every sample) within tolerance."""
         return bool(self.satisfied.all())
 
     @property
@@ -56,6 +57,7 @@ class ConstraintReport:
 
     @property
     def worst_excess(self) -> float:
+        """The largest excess over the components (or samples)."""
         return float(self.excess.max()) if self.excess.numel() else 0.0
 
     @property
@@ -65,6 +67,7 @@ class ConstraintReport:
         return float(over.max()) if over.numel() else 0.0
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able description (pointwise: the summaries, not every sample)."""
         out: dict[str, Any] = {
             "kind": self.kind,
             "tolerance": self.tolerance,
@@ -86,6 +89,7 @@ class EvaluationReport:
 
     @property
     def feasible(self) -> bool:
+        """Every constraint within tolerance."""
         return all(r.feasible for r in self.constraints.values())
 
     @property
@@ -97,6 +101,7 @@ class EvaluationReport:
         return self.constraints[name]
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able description."""
         return {
             "objective": self.objective,
             "num_samples": self.num_samples,

@@ -84,17 +84,23 @@ class Formulation:
         """Resolve per-constraint settings against the problem's declarations."""
 
     def weights(self, constraint: Constraint) -> Tensor | None:
+        """Per-component fixed weights of ``constraint`` (None: the formulation has none)."""
         return None
 
     def term(
         self, violation: Tensor, multiplier: Tensor, inequality: Tensor, weight: Tensor | None
     ) -> Tensor:
+        """Elementwise primal term of signed violations ``v`` with their multipliers
+        (``inequality`` marks inequality entries, ``weight`` the fixed weights); summed by the
+        solver (batch-mean for pointwise rows)."""
         raise NotImplementedError
 
     def dual_gradient(self, violation: Tensor, multiplier: Tensor, inequality: Tensor) -> Tensor:
+        """The ascent direction of the multipliers (the violation for the Lagrangian)."""
         return violation
 
     def describe(self) -> dict[str, object]:
+        """Plain settings (stored in checkpoints and run directories)."""
         return {"type": type(self).__name__}
 
 
@@ -205,6 +211,7 @@ class AugmentedLagrangian(Formulation):
 
     @property
     def current_rho(self) -> float:
+        """``ρ`` at the current dual step (``rho`` times the schedule's factor)."""
         return self.rho * self.factor
 
     def term(

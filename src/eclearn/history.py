@@ -187,11 +187,11 @@ class Columns:
         that many steps, so mini-batch noise around zero does not read as a violation."""
         parts = []
         for comp in self.components:
-            if comp.pointwise:
-                series = moving_average(data[:, self.index[comp.excess_max]], window)
-            else:
-                signed = moving_average(data[:, self.index[comp.violation]], window)
-                series = excess(signed, comp.inequality)
+            column = comp.excess_max if comp.pointwise else comp.violation
+            assert column is not None
+            series = moving_average(data[:, self.index[column]], window)
+            if not comp.pointwise:
+                series = excess(series, comp.inequality)
             parts.append(series)
         if not parts:
             return np.zeros((len(data), 0))
@@ -318,10 +318,12 @@ class History:
         return [c for c in self.columns if c.startswith(prefix)]
 
     def last(self) -> dict[str, float]:
+        """The last row as ``{column: value}`` (empty before the first step)."""
         data = self.to_numpy()
         return {} if not len(data) else dict(zip(self.columns, data[-1].tolist(), strict=True))
 
     def records(self) -> Iterator[dict[str, float]]:
+        """Every row as ``{column: value}``."""
         for row in self.to_numpy():
             yield dict(zip(self.columns, row.tolist(), strict=True))
 
@@ -362,10 +364,12 @@ class History:
         return history
 
     def state_dict(self) -> dict[str, object]:
+        """Columns and rows (a float64 tensor), for checkpoints."""
         return {"columns": list(self.columns), "data": torch.from_numpy(self.to_numpy().copy())}
 
-    def load_state_dict(self, state: dict[str, object]) -> None:
-        columns = list(state["columns"])  # type: ignore[arg-type]
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict` (the columns must match)."""
+        columns = list(state["columns"])
         if columns != self.columns:
             raise ValueError(
                 "history columns in the checkpoint differ from this problem's: "

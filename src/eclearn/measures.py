@@ -18,7 +18,7 @@ arrays; ``inequality`` is a bool or a bool mask broadcastable to ``violation``.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -26,10 +26,16 @@ from torch import Tensor
 
 __all__ = ["beyond", "excess", "feasibility_key", "worst"]
 
-Array = TypeVar("Array", Tensor, np.ndarray)
+
+@overload
+def excess(violation: Tensor, inequality: Any) -> Tensor: ...
 
 
-def excess(violation: Array, inequality: Any) -> Array:
+@overload
+def excess(violation: np.ndarray, inequality: Any) -> np.ndarray: ...
+
+
+def excess(violation: Tensor | np.ndarray, inequality: Any) -> Tensor | np.ndarray:
     """``|v|`` for equalities, ``[v]₊`` for inequalities, elementwise."""
     if isinstance(violation, Tensor):
         if isinstance(inequality, bool):
@@ -37,10 +43,21 @@ def excess(violation: Array, inequality: Any) -> Array:
         mask = torch.as_tensor(inequality, device=violation.device)
         return torch.where(mask, violation.clamp_min(0), violation.abs())
     v = np.asarray(violation, dtype=np.float64)
-    return np.where(inequality, np.maximum(v, 0.0), np.abs(v))
+    out: np.ndarray = np.where(inequality, np.maximum(v, 0.0), np.abs(v))
+    return out
 
 
-def beyond(violation: Array, inequality: Any, tolerance: Any) -> Array:
+@overload
+def beyond(violation: Tensor, inequality: Any, tolerance: Any) -> Tensor: ...
+
+
+@overload
+def beyond(violation: np.ndarray, inequality: Any, tolerance: Any) -> np.ndarray: ...
+
+
+def beyond(
+    violation: Tensor | np.ndarray, inequality: Any, tolerance: Any
+) -> Tensor | np.ndarray:
     """How far the excess lies beyond tolerance: ``[excess(v) − tol]₊`` (0 when satisfied)."""
     over = excess(violation, inequality) - tolerance
     return over.clamp_min(0) if isinstance(over, Tensor) else np.maximum(over, 0.0)

@@ -123,6 +123,7 @@ class Constraint:
 
     @property
     def is_equality(self) -> bool:
+        """True for an :class:`Equality` (free multiplier), False for an :class:`Inequality`."""
         return self.kind == "equality"
 
     def tolerance_for(self, tolerance: float | Mapping[str, float] | None) -> float:
@@ -162,6 +163,7 @@ class Constraint:
         }
 
     def component_names(self) -> list[str]:
+        """History labels of the components: ``name`` or ``name[i]``."""
         if self.size == 1:
             return [self.name]
         return [f"{self.name}[{i}]" for i in range(self.size)]
@@ -216,6 +218,7 @@ class Equality(Constraint):
 
     @property
     def rhs(self) -> Tensor:
+        """The right-hand side ``b`` (float64, one entry per component)."""
         return self.target
 
 
@@ -267,10 +270,12 @@ class Inequality(Constraint):
 
     @property
     def bound(self) -> Tensor:
+        """The bound ``c`` (float64, one entry per component)."""
         return self.target
 
     @property
     def sense(self) -> str:
+        """``"<="`` or ``">="``."""
         return "<=" if self.sign > 0 else ">="
 
 
@@ -301,6 +306,7 @@ class Evaluation:
 
     @property
     def has_proxies(self) -> bool:
+        """Whether any entry was returned as an :class:`~eclearn.Proxy`."""
         return bool(self.exact) or self.exact_objective is not None
 
     def measured(self, name: str) -> Tensor:
@@ -310,6 +316,7 @@ class Evaluation:
 
     @property
     def measured_objective(self) -> Tensor | None:
+        """The objective the history and selection use (the exact part of a proxy)."""
         if self.exact_objective is not None:
             return self.exact_objective
         return None if self.objective is None else self.objective.detach()
@@ -402,6 +409,7 @@ class Problem:
         self.average: list[Constraint] = [c for c in constraints if not c.pointwise]
         self.pointwise: list[Constraint] = [c for c in constraints if c.pointwise]
         self._allowed = set(self.by_name) | {OBJECTIVE, EXTRAS}
+        params: Mapping[str, inspect.Parameter]
         try:
             params = inspect.signature(evaluate).parameters
         except (TypeError, ValueError):

@@ -57,6 +57,7 @@ class CandidateRecorder(Callback):
         self.last: Candidate | None = None
 
     def on_step_end(self, solver: SolverView) -> None:
+        """Snapshot on the grid and update the running average."""
         step = solver.step
         if step >= self.average_from:
             params = unwrap(solver.model).state_dict()
@@ -78,9 +79,11 @@ class CandidateRecorder(Callback):
                 self.candidates = [c for c in self.candidates if c.step % self.every == 0]
 
     def on_fit_end(self, solver: SolverView, result: Any) -> None:
+        """Keep the last iterate."""
         self.last = Candidate(solver.step, snapshot(solver.model))
 
     def state_dict(self) -> dict[str, Any]:
+        """Snapshots and average, for checkpoints."""
         return {
             "every": self.every,
             "averaged": self.averaged,
@@ -90,6 +93,7 @@ class CandidateRecorder(Callback):
         }
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""
         self.every = int(state["every"])
         self.averaged = int(state["averaged"])
         self.average = state["average"]
@@ -99,6 +103,7 @@ class CandidateRecorder(Callback):
         ]
 
     def average_state(self, template: nn.Module) -> dict[str, Tensor]:
+        """The averaged parameters as a state dict of ``template``'s layout."""
         if self.average is None:
             raise ValueError("no iterate was averaged: average_from is beyond the last step")
         state = snapshot(template)
@@ -120,6 +125,7 @@ class Recovered:
     report: EvaluationReport | None = None
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able description."""
         return {
             "rule": self.rule,
             "description": self.description,

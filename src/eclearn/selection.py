@@ -102,6 +102,7 @@ class Selected:
         return model
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain description (JSON-able; the parameters are not included)."""
         return {
             "rule": self.rule,
             "description": self.description,
@@ -146,6 +147,7 @@ class Selector(Callback):
         self.selected: Selected | None = None
 
     def choose(self, solver: SolverView) -> Selected:
+        """The selection at the end of a fit (called by ``on_fit_end``)."""
         raise NotImplementedError
 
     def on_fit_end(self, solver: SolverView, result: Any) -> None:
@@ -156,10 +158,11 @@ class Selector(Callback):
             self.selected.load_into(solver.model)
 
     def state_dict(self) -> dict[str, Any]:
+        """What a resumed run needs to select exactly as an uninterrupted one."""
         return {}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        pass
+        """Restore :meth:`state_dict` (the solver does it when the selector starts)."""
 
 
 class Last(Selector):
@@ -223,6 +226,7 @@ class BestFeasible(Selector):
         self.reset()
 
     def reset(self) -> None:
+        """Forget every iterate judged so far."""
         self.best: dict[str, Tensor] | None = None
         self.best_step: int | None = None
         self.best_key: tuple[int, float] | None = None
@@ -233,6 +237,7 @@ class BestFeasible(Selector):
 
     @property
     def found_feasible(self) -> bool:
+        """Whether a feasible iterate has been seen."""
         return self.best_key is not None and self.best_key[0] == 0
 
     def _offer(self, solver: SolverView, objective: float | None, worst: float, step: int) -> None:
@@ -412,6 +417,8 @@ class MixtureModel(nn.Module):
     candidate ``i`` with probability ``weights[i]``, drawn from a seeded generator so
     predictions are reproducible. ``expected(x)`` gives the weighted average output."""
 
+    weights: Tensor
+
     def __init__(
         self, models: list[nn.Module], weights: list[float], seed: int = 0, per_sample: bool = True
     ) -> None:
@@ -436,6 +443,7 @@ class MixtureModel(nn.Module):
         return outputs.gather(0, index.expand(1, *outputs.shape[1:])).squeeze(0)
 
     def expected(self, x: Tensor) -> Tensor:
+        """The weighted average of the members' outputs (the mixture's expected prediction)."""
         outputs = torch.stack([m(x) for m in self.members])
         w = self.weights.to(outputs.dtype).view(-1, *([1] * (outputs.dim() - 1)))
         return (w * outputs).sum(0)

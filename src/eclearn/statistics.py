@@ -58,6 +58,7 @@ class Ratio:
         return torch.where(den == 0, torch.zeros_like(self.numerator / safe), self.numerator / safe)
 
     def detach(self) -> Ratio:
+        """Both parts detached from the graph."""
         return Ratio(self.numerator.detach(), self.denominator.detach())
 
     def __add__(self, other: Ratio) -> Ratio:

@@ -63,15 +63,21 @@ class SolverView(Protocol):
 class Callback:
     """Base class with empty hooks; see the module docstring."""
 
-    def on_fit_start(self, solver: SolverView) -> None: ...
+    def on_fit_start(self, solver: SolverView) -> None:
+        """Before the first step of a ``fit`` (after a resumed callback got its state back)."""
 
-    def on_evaluation(self, solver: SolverView, evaluation: Evaluation) -> None: ...
+    def on_evaluation(self, solver: SolverView, evaluation: Evaluation) -> None:
+        """After the step's forward pass, before the primal update: ``evaluation`` holds the
+        step's detached values, exact parts, objective and ``extras``."""
 
-    def on_step_end(self, solver: SolverView) -> None: ...
+    def on_step_end(self, solver: SolverView) -> None:
+        """After the step (primal and dual updates, history row); ``solver.step`` counts it."""
 
-    def on_epoch_end(self, solver: SolverView) -> None: ...
+    def on_epoch_end(self, solver: SolverView) -> None:
+        """After a pass over the batches (``solver.epoch`` counts it)."""
 
-    def on_fit_end(self, solver: SolverView, result: FitResult) -> None: ...
+    def on_fit_end(self, solver: SolverView, result: FitResult) -> None:
+        """After the last step of a ``fit``, with its result (selectors set ``selected``)."""
 
 
 class FunctionCallback(Callback):
@@ -189,6 +195,7 @@ class ObjectiveWarmStart(Callback):
         self.done = False
 
     def on_fit_start(self, solver: SolverView) -> None:
+        """Fit the objective alone with L-BFGS when training starts from step 0."""
         if self.done or solver.step > 0 or self.max_iter <= 0:
             return
         began = time.perf_counter()

@@ -234,8 +234,8 @@ def globalize(
     if proxies and ev.exact_objective is not None:
         global_ev.exact_objective = value_e[0]
     for c in problem.average:
-        piece = mults.dense.slices[c.name]
-        part = slice(piece.start + 1, piece.stop + 1)
+        span = mults.dense.slices[c.name]
+        part = slice(span.start + 1, span.stop + 1)
         global_ev.values[c.name] = value_s[part].to(dtype)
         if c.name in ev.exact:
             global_ev.exact[c.name] = value_e[part].to(dtype)

@@ -95,9 +95,11 @@ class FitResult:
 
     @property
     def stopped_early(self) -> bool:
+        """Whether a stopping criterion or a callback ended the fit before its budget."""
         return self.stop_reason not in ("max_steps", "epochs")
 
     def summary(self) -> str:
+        """A few lines: counters, final objective and violations, selection, diagnostics."""
         lines = [
             f"{self.steps} steps, {self.epochs} epochs, {self.seconds:.1f}s, stop: "
             f"{self.stop_reason}"
@@ -107,9 +109,9 @@ class FitResult:
             if key in last and not math.isnan(last[key]):
                 lines.append(f"  {key}: {last[key]:.6g}")
         for comp in self.history.schema.components:
-            key = comp.excess_max if comp.pointwise else comp.violation
-            if key in last:
-                lines.append(f"  {key}: {last[key]:.3g}")
+            column = comp.excess_max if comp.pointwise else comp.violation
+            if column is not None and column in last:
+                lines.append(f"  {column}: {last[column]:.3g}")
         if self.selected is not None:
             lines.append(f"  selected: {getattr(self.selected, 'description', self.selected)}")
         lines += [f"  ! {d.message}" for d in self.diagnostics]
@@ -319,6 +321,7 @@ class PrimalDual:
 
     @property
     def batch_in_epoch(self) -> int:
+        """Batches served in the current pass."""
         return self.stream.batch_in_epoch
 
     @property
@@ -664,7 +667,7 @@ class PrimalDual:
                 self._backward(current)
                 return current.detach()
 
-            optimizer.step(closure)
+            optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS accepts a Tensor loss
             return
         self._backward(loss)
         if self.scaler is not None:

@@ -14,6 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+import numpy as np
+
 from eclearn.measures import excess
 
 __all__ = ["Criterion", "Patience", "StoppingRule"]
@@ -53,6 +55,7 @@ class StoppingRule:
             raise ValueError(f"StoppingRule tolerance must be ≥ 0, got {self.tolerance}")
 
     def check(self, solver: Any, steps: int) -> str | None:
+        """``"converged"`` when the rule holds after ``steps`` steps of this fit, else None."""
         if steps < max(self.min_steps, 1) or solver.step % self.check_every:
             return None
         history = solver.history
@@ -67,7 +70,7 @@ class StoppingRule:
                 measured = float(recent[:, schema.index[comp.excess_max]].mean())
             else:
                 mean = float(recent[:, schema.index[comp.violation]].mean())
-                measured = float(excess(mean, comp.inequality))
+                measured = float(excess(np.asarray(mean), comp.inequality))
             if not measured <= tol:
                 return None
         lag = schema.index["lagrangian"]
@@ -93,6 +96,7 @@ class Patience:
             raise ValueError("Patience: patience must be ≥ 1 and min_steps ≥ 0")
 
     def check(self, solver: Any, steps: int) -> str | None:
+        """``"selected"`` once the selector has not improved for ``patience`` steps."""
         selector = self.selector
         if (
             steps >= self.min_steps

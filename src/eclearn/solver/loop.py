@@ -118,6 +118,18 @@ class FitResult:
         return "\n".join(lines)
 
 
+@dataclass
+class _Pending:
+    """A step between its forward pass and its dual update."""
+
+    step: int
+    batch: Any
+    loss: Tensor
+    lagrangian: Tensor
+    evaluation: Evaluation
+    coefficients: Coefficients
+
+
 def _requires_closure(optimizer: torch.optim.Optimizer) -> bool:
     return isinstance(optimizer, torch.optim.LBFGS) or bool(
         getattr(optimizer, "requires_closure", False)
@@ -261,6 +273,7 @@ class PrimalDual:
         self._last_row: tuple[tuple[float, ...], list[Tensor]] | None = None
         self._nan = torch.tensor(math.nan, device=self.device)
         self._finite: Tensor | None = None
+        self._pending: _Pending | None = None
 
     # ------------------------------------------------------------------ set-up helpers
     @staticmethod
@@ -497,6 +510,38 @@ class PrimalDual:
         """One primal step on ``batch`` (and, every ``primal_steps``-th step, one dual step);
         records one history row and runs the callbacks' ``on_evaluation``/``on_step_end``.
         This is the whole of a training step: a user's own loop may call it per batch."""
+        pending = self._begin(batch)
+        self._primal_update(pending.loss, pending.batch, pending.step)
+        if self.scheduler is not None and self.scheduler_interval == "step":
+            self.scheduler.step()
+        return self._finish(pending)
+
+    def lagrangian_step(self, batch: Any) -> Tensor:
+        """First half of a step for loops that own the backward pass and the optimizer
+        (Lightning, ``transformers.Trainer``, a hand-written loop): evaluate ``batch`` and
+        return the primal loss to backpropagate — the empirical Lagrangian (formulation's
+        loss) at the current multipliers. Then call ``loss.backward()``, step the optimizer
+        and call :meth:`dual_step`; history, diagnostics and checkpoints are as with
+        :meth:`train_step`. (Distributed: wrap the model in DDP so the backward pass averages
+        the gradients.)"""
+        if self._pending is not None:
+            raise RuntimeError(
+                f"lagrangian_step was called twice without dual_step (step {self._pending.step}"
+                "); call solver.dual_step() after the optimizer step"
+            )
+        self._pending = self._begin(batch)
+        return self._pending.loss
+
+    def dual_step(self) -> StepRecord:
+        """Second half of a step begun with :meth:`lagrangian_step`, after the user's
+        optimizer step: the dual update (every ``primal_steps``-th step), the history row
+        and the callbacks' ``on_step_end``."""
+        if self._pending is None:
+            raise RuntimeError("dual_step needs a step begun with solver.lagrangian_step(batch)")
+        pending, self._pending = self._pending, None
+        return self._finish(pending)
+
+    def _begin(self, batch: Any) -> _Pending:
         step = self.step + 1
         where = f"step {step}"
         # ρ follows the dual steps (outer iterations); fixed penalties take none: the steps
@@ -526,16 +571,16 @@ class PrimalDual:
         self._check_finite(ev, lagrangian, where)
         for hook in self._active:
             hook.on_evaluation(self, step_ev)
-        self._primal_update(loss, batch, step)
-        if self.scheduler is not None and self.scheduler_interval == "step":
-            self.scheduler.step()
-        self.step = step
+        return _Pending(step, batch, loss, lagrangian, step_ev, coeffs)
+
+    def _finish(self, pending: _Pending) -> StepRecord:
+        step = self.step = pending.step
         lrs = [g["lr"] for g in self.primal_optimizer.param_groups]
-        record_ev = step_ev
+        record_ev = pending.evaluation
         moved = self.formulation.updates_multipliers and step % self.primal_steps == 0
         factor = self.dual_optimizer.factor(self.dual_steps)
         if moved and (self.mode == "alternating" or self.closure):
-            record_ev = self._measure(batch, step)
+            record_ev = self._measure(pending.batch, step)
         dense = self.multiplier_tables.dense
         flat = violation = None
         if dense.size:  # one measurement for the dual step and the history row
@@ -547,14 +592,14 @@ class PrimalDual:
                 self.multiplier_tables,
                 self.dual_optimizer,
                 self.dual_state,
-                coeffs,
+                pending.coefficients,
                 self.formulation,
                 factor,
                 violation,
             )
             self.dual_steps += 1
-        self._record(record_ev, lagrangian, lrs, factor, flat, violation)
-        self.last_step = StepRecord(step, step_ev, lagrangian, moved)
+        self._record(record_ev, pending.lagrangian, lrs, factor, flat, violation)
+        self.last_step = StepRecord(step, pending.evaluation, pending.lagrangian, moved)
         for hook in self._active:
             hook.on_step_end(self)
         return self.last_step

@@ -6,8 +6,11 @@ constraint's tolerance (pointwise constraints: the batch-mean excess). Averaging
 value keeps mini-batch noise around zero from reading as a violation. Everything is read
 through the history's schema: the *measured* values (the exact part of a proxy).
 
-- ``diverging``: the multiplier keeps growing in magnitude (steadily, by more than 30% over
-  the last half of the fit) while the violation does not shrink — the constraint is infeasible for this model/data, or the dual step is too large;
+- ``ramping``: the multiplier keeps growing (steadily, by more than 30% over the last half
+  of the fit) and the violation falls, but slowly — the dual step is small for the
+  constraint's scale (raise it or train longer);
+- ``diverging``: the multiplier keeps growing in the same way while the violation does not
+  respond — the constraint is infeasible for this model/data, or the primal cannot follow;
 - ``oscillation``: the (smoothed) measured violation swings across zero at least three
   times with an amplitude far above tolerance — the dual learning rate is too large for the primal
   dynamics (checked even when the swings average out);
@@ -19,6 +22,7 @@ through the history's schema: the *measured* values (the exact part of a proxy).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -77,6 +81,55 @@ def _swings(v: np.ndarray, tol: float) -> tuple[int, float]:
     signs = np.sign(smooth[np.abs(smooth) > tol])
     recent = smooth[len(smooth) // 2 :]
     return int(np.count_nonzero(signs[1:] != signs[:-1])), float(np.ptp(recent) / 2)
+
+
+def _growing(
+    label: str,
+    c: Any,
+    v: np.ndarray,
+    m_mid: float,
+    m_end: float,
+    q4: float,
+    tol: float,
+    where: str,
+    last_step: int,
+) -> Diagnostic:
+    """A multiplier that keeps growing while the constraint stays violated: either still
+    ramping up (the violation falls, slowly: the dual step is too small for the constraint's
+    scale) or diverging (the violation does not respond: infeasible, or the primal cannot
+    follow). A dual step that is too *large* shows as oscillation, never as this."""
+    excess_series = np.abs(v) if not c.inequality else np.maximum(v, 0.0)
+    if c.pointwise:
+        excess_series = np.asarray(v)
+    slope = float(np.polyfit(np.arange(len(excess_series)), excess_series, 1)[0])
+    falling = slope < 0 and -slope * len(excess_series) > 0.05 * q4
+    if falling:
+        remaining = (q4 - tol) / -slope
+        return Diagnostic(
+            "ramping",
+            label,
+            last_step,
+            (
+                f"{label}: the multiplier is still ramping up (grew from {m_mid:.3g} to "
+                f"{m_end:.3g} {where}) and the violation falls slowly, now {q4:.3g} (tolerance "
+                f"{tol:g}; ≈{remaining:.0f} more steps at this pace): the dual learning rate is "
+                "small for this constraint's scale. Raise the dual learning rate (e.g. 10×) or "
+                "train longer."
+            ),
+        )
+    return Diagnostic(
+        "diverging",
+        label,
+        last_step,
+        (
+            f"{label}: multiplier magnitude grew from {m_mid:.3g} to {m_end:.3g} {where} while "
+            f"the violation stayed at {q4:.3g} (tolerance {tol:g}) and does not respond to it: "
+            "the constraint may be infeasible for this model and data, or the primal step cannot "
+            "follow the multiplier. Check that it can be met (relax its rhs/bound, add capacity) "
+            "or raise the primal learning rate / primal_steps. (A dual learning rate that is too "
+            "large shows as oscillation, not as this.)"
+        ),
+    )
 
 
 def diagnose(
@@ -144,18 +197,7 @@ def diagnose(
             and not_shrinking
         ):
             found.append(
-                Diagnostic(
-                    "diverging",
-                    label,
-                    last_step,
-                    (
-                        f"{label}: multiplier magnitude grew from {m_mid:.3g} to {m_end:.3g} {where} "
-                        f"while the violation stayed at {q4:.3g} (tolerance {tol:g}): the constraint "
-                        "may be infeasible for this model and data, or the dual learning rate is too "
-                        "large. Check that it can be met (relax its rhs/bound, add capacity) or lower "
-                        "the dual learning rate."
-                    ),
-                )
+                _growing(label, c, v[-2 * quarter :], m_mid, m_end, q4, tol, where, last_step)
             )
         elif abs(m_end - m_mid) <= 0.05 * max(m_end, 1e-12) and not_shrinking:
             found.append(

@@ -55,9 +55,7 @@ def beyond(violation: Tensor, inequality: Any, tolerance: Any) -> Tensor: ...
 def beyond(violation: np.ndarray, inequality: Any, tolerance: Any) -> np.ndarray: ...
 
 
-def beyond(
-    violation: Tensor | np.ndarray, inequality: Any, tolerance: Any
-) -> Tensor | np.ndarray:
+def beyond(violation: Tensor | np.ndarray, inequality: Any, tolerance: Any) -> Tensor | np.ndarray:
     """How far the excess lies beyond tolerance: ``[excess(v) − tol]₊`` (0 when satisfied)."""
     over = excess(violation, inequality) - tolerance
     return over.clamp_min(0) if isinstance(over, Tensor) else np.maximum(over, 0.0)

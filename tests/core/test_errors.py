@@ -64,7 +64,10 @@ def fit(problem, batches=BATCH, steps=4, **kwargs):
             r"step 3: pointwise constraint 'pw' returned shape \(2,\)",
         ),
         ({"objective": lambda th: th[:2] * 1.0}, r"step 3: 'objective' must be a scalar tensor"),
-        ({"eq": [1.0, 2.0]}, r"step 3: constraint 'eq' must be a tensor, an ecl.Ratio or an ecl.Proxy, got list"),
+        (
+            {"eq": [1.0, 2.0]},
+            r"step 3: constraint 'eq' must be a tensor, an ecl.Ratio or an ecl.Proxy, got list",
+        ),
         (
             {"extra": lambda th: th.sum()},
             r"step 3: evaluate returned \['extra'\], which no constraint declares",
@@ -235,7 +238,9 @@ def test_negative_primal_learning_rate():
     model = Vector([1.0])
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     opt.param_groups[0]["lr"] = -0.1  # torch checks at construction only
-    with pytest.raises(ValueError, match=r"primal learning rate must be a finite number ≥ 0, got -0.1"):
+    with pytest.raises(
+        ValueError, match=r"primal learning rate must be a finite number ≥ 0, got -0.1"
+    ):
         ecl.PrimalDual(faulty(0), model, opt)
 
 

@@ -5,11 +5,13 @@
 - :mod:`.stream` — the resumable batch stream (epochs, RNG replay, tuple batches);
 - :mod:`.state` — the checkpoint format;
 - :mod:`.callbacks` — the callback protocol, progress bar, warm start;
-- :mod:`.stopping` — stopping criteria.
+- :mod:`.stopping` — stopping criteria;
+- :mod:`.phases` — primal optimizers in phases (Adam, then L-BFGS).
 """
 
 from eclearn.solver.callbacks import Callback, ObjectiveWarmStart, ProgressBar, SolverView
 from eclearn.solver.loop import FitResult, PrimalDual, StepRecord, default_dual_optimizer
+from eclearn.solver.phases import Phases
 from eclearn.solver.state import CheckpointMismatch
 from eclearn.solver.stopping import Patience, StoppingRule
 
@@ -19,6 +21,7 @@ __all__ = [
     "FitResult",
     "ObjectiveWarmStart",
     "Patience",
+    "Phases",
     "PrimalDual",
     "ProgressBar",
     "SolverView",

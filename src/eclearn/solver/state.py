@@ -25,6 +25,7 @@ from eclearn import _rng
 from eclearn.history import Columns
 from eclearn.problem import ProblemError
 from eclearn.solver.callbacks import unwrap
+from eclearn.solver.phases import Phases
 
 if TYPE_CHECKING:
     from eclearn.solver.loop import PrimalDual
@@ -54,6 +55,8 @@ def _plain(value: Any) -> Any:
 
 
 def _primal_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    if isinstance(optimizer, Phases):
+        return {"type": "Phases", "phases": optimizer.settings()}
     groups = []
     for group in optimizer.param_groups:
         entry = {

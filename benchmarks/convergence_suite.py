@@ -41,10 +41,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     default = ecl.solver.default_dual_optimizer()
+    hp = default.hyperparameters()
+    rest = ", ".join(f"{k}={v}" for k, v in hp.items() if k not in ("type", "lr", "schedule"))
+    described = f"lr={hp['lr']['default']}, {rest}"
     header = ["case"] + [
-        f"default = {type(default).__name__}({default.hyperparameters().get('lr')})"
-        if d == "default"
-        else d
+        f"default: {type(default).__name__}({described})" if d == "default" else d
         for d in args.duals
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]

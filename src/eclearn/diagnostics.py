@@ -151,7 +151,15 @@ def diagnose(
             # Judge the signed window mean: mini-batch noise around zero is not a violation.
             w4, w3 = v[-quarter:].mean(), v[-2 * quarter : -quarter].mean()
             q4, q3 = float(excess(w4, c.inequality)), float(excess(w3, c.inequality))
-        crossings, amplitude = (0, 0.0) if c.pointwise else _swings(v[-2 * quarter :], tol)
+        if c.pointwise and not c.inequality:
+            # per-sample values are not in the history, only their excess: read the swings
+            # off the multipliers' mean, whose increments follow the signed violation
+            crossings, _ = _swings(np.diff(m[-2 * quarter :]), 0.0)
+            amplitude = float(q4)
+        elif c.pointwise:
+            crossings, amplitude = 0, 0.0
+        else:
+            crossings, amplitude = _swings(v[-2 * quarter :], tol)
         if updates_multipliers and crossings >= 3 and amplitude > 10 * tol:
             period = 2 * (2 * quarter) / crossings
             found.append(
@@ -166,6 +174,14 @@ def diagnose(
                         "rate (or give it a decaying schedule), damp it with ecl.dual.NuPI(kp>0), "
                         "or take more primal_steps per dual step; select the returned model with "
                         "ecl.select.BestFeasible."
+                        + (
+                            ""
+                            if c.inequality
+                            else " If the objective does not depend on this quantity (e.g. "
+                            "boundary values under a PDE-residual objective), the Lagrangian is "
+                            "unbounded below along it and no dual rate fixes that: use "
+                            "formulation=ecl.AugmentedLagrangian(rho=1)."
+                        )
                     ),
                 )
             )

@@ -52,6 +52,11 @@ class Parameters(nn.Module):
         return self.theta * 1.0
 
 
+def _theta(model: nn.Module) -> Tensor:
+    theta = model.get_parameter("theta")
+    return theta.detach()
+
+
 @dataclass
 class ConvexCase:
     """One test problem with its solution.
@@ -68,7 +73,7 @@ class ConvexCase:
     primal_lr: float
     solution: Tensor
     multipliers: dict[str, Tensor]
-    primal: Callable[[nn.Module], Tensor] = field(default=lambda model: model.theta.detach())
+    primal: Callable[[nn.Module], Tensor] = field(default=lambda model: _theta(model))
 
 
 @dataclass
@@ -301,7 +306,7 @@ def _max_entropy() -> ConvexCase:
         2.0,
         torch.softmax(-mu * f, 0),
         {"mean": _t([mu])},
-        primal=lambda model: torch.softmax(model.theta.detach(), 0),
+        primal=lambda model: torch.softmax(_theta(model), 0),
     )
 
 

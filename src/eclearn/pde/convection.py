@@ -19,7 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -61,7 +61,7 @@ def exact_solution(x: _Array, t: _Array, beta: float) -> _Array:
     """``u(x, t) = sin(x − βt)``, the solution for ``u₀ = sin``; torch or numpy inputs."""
     if isinstance(x, Tensor) or isinstance(t, Tensor):
         return torch.sin(torch.as_tensor(x) - beta * torch.as_tensor(t))
-    return np.sin(np.asarray(x) - beta * np.asarray(t))
+    return cast(_Array, np.sin(np.asarray(x) - beta * np.asarray(t)))
 
 
 def spectral_solution(
@@ -328,7 +328,7 @@ class ConvectionProblem:
     ) -> CollocationBatches:
         """Fresh uniform collocation points every step (``num_ic``/``num_bc`` default to
         ``num_points``): interior, ``t = 0``, and matched ``x = 0`` / ``x = 2π`` points."""
-        options = {"generator": generator, "dtype": dtype, "device": device}
+        options: dict[str, Any] = {"generator": generator, "dtype": dtype, "device": device}
         box = UniformSampler(DOMAIN_LOW, DOMAIN_HIGH, num_points, **options)
         ic = box.face(1, DOMAIN_LOW[1], num_points=num_points if num_ic is None else num_ic)
         bc_base = UniformSampler(

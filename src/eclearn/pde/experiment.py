@@ -55,7 +55,7 @@ from eclearn.pde.convection import (
 from eclearn.pde.derivatives import mean_squared
 from eclearn.pde.models import MLP
 from eclearn.pde.sampling import CollocationBatches, PairedFaces, UniformSampler
-from eclearn.solver import Callback, FitResult, PrimalDual
+from eclearn.solver import Callback, FitResult, PrimalDual, SolverView
 
 __all__ = [
     "FORMULATIONS",
@@ -274,19 +274,19 @@ class ErrorCurve(Callback):
         prediction = predict_on_grid(model, self.grid)
         return float(torch.linalg.vector_norm(prediction - self.reference)) / self.norm
 
-    def _record(self, solver: PrimalDual) -> None:
+    def _record(self, solver: SolverView) -> None:
         if self.curve["steps"] and self.curve["steps"][-1] >= solver.step:
             return
         self.curve["steps"].append(solver.step)
         self.curve["rel_l2"].append(self.error(solver.model))
 
-    def on_fit_start(self, solver: PrimalDual) -> None:
+    def on_fit_start(self, solver: SolverView) -> None:
         if solver.step == 0:
             self.curve["steps"].clear()
             self.curve["rel_l2"].clear()
             self._record(solver)
 
-    def on_step_end(self, solver: PrimalDual) -> None:
+    def on_step_end(self, solver: SolverView) -> None:
         if solver.step % self.every == 0 or solver.step == self.final_step:
             self._record(solver)
 

@@ -105,22 +105,22 @@ class Phases(torch.optim.Optimizer):
         return _is_closure_optimizer(self.current)
 
     # ----------------------------------------------------------- optimizer protocol
-    @property  # type: ignore[override]
-    def param_groups(self) -> list[dict[str, Any]]:
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
         """The current phase's parameter groups (learning rates live there)."""
         return self.current.param_groups
 
-    @property  # type: ignore[override]
-    def state(self) -> Any:
+    @property
+    def state(self) -> Any:  # type: ignore[override]
         """The current phase's per-parameter state."""
         return self.current.state
 
-    @property  # type: ignore[override]
-    def defaults(self) -> dict[str, Any]:
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
         """The current phase's default hyper-parameters."""
         return self.current.defaults
 
-    def step(self, closure: Callable[[], Any] | None = None) -> Any:  # type: ignore[override]
+    def step(self, closure: Callable[[], Any] | None = None) -> Any:
         """One step of the current phase's optimizer."""
         optimizer = self.current
         result = optimizer.step(closure) if closure is not None else optimizer.step()
@@ -134,13 +134,13 @@ class Phases(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         raise TypeError("add parameter groups to the phases' own optimizers, not to Phases")
 
-    def state_dict(self) -> dict[str, Any]:  # type: ignore[override]
+    def state_dict(self) -> dict[str, Any]:
         return {
             "steps_taken": self.steps_taken,
             "phases": [opt.state_dict() for opt, _ in self.phases],
         }
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:  # type: ignore[override]
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         saved = state_dict.get("phases") if isinstance(state_dict, dict) else None
         if not isinstance(saved, list) or len(saved) != len(self.phases):
             raise ValueError(

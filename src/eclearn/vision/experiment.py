@@ -52,7 +52,7 @@ import eclearn as ecl
 from eclearn._io import atomic_write_text
 from eclearn.batches import validation_split
 from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, RunRecord, Setup
-from eclearn.solver import Callback, FitResult, PrimalDual
+from eclearn.solver import Callback, FitResult, PrimalDual, SolverView
 from eclearn.stats import correlation_report
 from eclearn.vision.augment import Augment
 from eclearn.vision.classwise import (
@@ -221,13 +221,13 @@ class ClassLossCurve(Callback):
             self._sums += sums
             self._counts += counts
 
-    def on_fit_start(self, solver: PrimalDual) -> None:
+    def on_fit_start(self, solver: SolverView) -> None:
         if solver.step == 0:
             for values in self.curve.values():
                 values.clear()
             self._sums = self._counts = None
 
-    def on_epoch_end(self, solver: PrimalDual) -> None:
+    def on_epoch_end(self, solver: SolverView) -> None:
         if self._sums is None or self._counts is None:
             return
         sums, counts = self._sums.cpu(), self._counts.cpu()
@@ -457,7 +457,7 @@ class InterpolationExperiment(Experiment):
         )
         model = _model(config, num_classes).to(device)
         if config.channels_last:
-            model = model.to(memory_format=torch.channels_last)
+            model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         tracker = ClassLossCurve(num_classes)
         problem = build_problem(config, num_classes, num_train)
         optimizer = torch.optim.SGD(
@@ -541,7 +541,7 @@ class InterpolationExperiment(Experiment):
         num_classes: int = state["num_classes"]
         model = setup.solver.model
         autocast = _AUTOCAST[config.autocast]
-        kwargs = {"channels_last": config.channels_last, "autocast": autocast}
+        kwargs: dict[str, Any] = {"channels_last": config.channels_last, "autocast": autocast}
         y_train, y_test = state["y_train"], state["y_test"]
         train_logits = predict(model, state["x_train"], config.eval_batch_size, **kwargs)
         test_logits = predict(model, state["x_test"], config.eval_batch_size, **kwargs)
@@ -603,7 +603,7 @@ class InterpolationExperiment(Experiment):
         names: list[str] = state["class_names"]
         figure_dir = Path(figure_dir)
         figure_dir.mkdir(parents=True, exist_ok=True)
-        kwargs = {"channels_last": config.channels_last, "autocast": _AUTOCAST[config.autocast]}
+        kwargs: dict[str, Any] = {"channels_last": config.channels_last, "autocast": _AUTOCAST[config.autocast]}
         model = setup.solver.model
         test_logits = predict(model, state["x_test"], config.eval_batch_size, **kwargs)
         y_test = state["y_test"]
@@ -847,7 +847,7 @@ def report_figures(runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
     curves = []
     for label, members in groups:
         worst = []
-        steps: list[int] = []
+        steps: Any = []
         for run in members:
             curve = _read_curve(run)
             if not curve or not curve.get("loss"):

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field, field_validator, model_validator
-from torch import Tensor
+from torch import Tensor, nn
 
 import eclearn as ecl
 from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, Setup
@@ -133,6 +133,19 @@ class ConvectionConfig(ExperimentConfig):
         description="ecl-pointwise: constrain each point's squared residual r² = 0 (one "
         "non-negative weight per point) or the signed residual r = 0",
     )
+    optimizer: Literal["adam", "lbfgs"] = Field(
+        "adam",
+        description="primal oracle: Adam every step, or Adam for lbfgs_after steps then "
+        "L-BFGS (strong-Wolfe line search, lbfgs_max_iter inner iterations per dual step; "
+        "no StepLR)",
+    )
+    lbfgs_after: int = Field(0, ge=0, description="lbfgs: Adam steps before the L-BFGS phase")
+    lbfgs_max_iter: int = Field(
+        20, ge=1, description="lbfgs: inner L-BFGS iterations per step (one dual step each)"
+    )
+    dtype: Literal["float32", "float64"] = Field(
+        "float32", description="floating type of the model and the collocation points"
+    )
     mode: Literal["simultaneous", "alternating"] = Field(
         "simultaneous", description="primal-dual update order (see ecl.PrimalDual)"
     )
@@ -187,11 +200,14 @@ class ConvectionConfig(ExperimentConfig):
 
 # ---------------------------------------------------------------------------- problems
 def _fixed_sets(
-    num_points: int, batch_size: int | None, device: torch.device | str
+    num_points: int,
+    batch_size: int | None,
+    device: torch.device | str,
+    dtype: torch.dtype | None = None,
 ) -> tuple[Any, Any]:
     """The fixed IC points ``(x, 0)`` and the fixed periodic pairs ``(0, t)``/``(2π, t)``,
     drawn once from the global RNG (deterministic under the runner's seed)."""
-    box = UniformSampler(DOMAIN_LOW, DOMAIN_HIGH, num_points, device=device)
+    box = UniformSampler(DOMAIN_LOW, DOMAIN_HIGH, num_points, device=device, dtype=dtype)
     ic = box.face(1, DOMAIN_LOW[1]).fixed(batch_size=batch_size)
     bc = PairedFaces(box.fixed(batch_size=batch_size), 0, DOMAIN_LOW[0], DOMAIN_HIGH[0])
     return ic, bc
@@ -298,6 +314,31 @@ class ErrorCurve(Callback):
         self.curve["rel_l2"][:] = [float(v) for v in state["rel_l2"]]
 
 
+def primal_oracle(config: ConvectionConfig, model: nn.Module) -> tuple[Any, Any]:
+    """The primal optimizer and its scheduler: Adam with StepLR, or (``optimizer="lbfgs"``)
+    ``ecl.Phases`` of Adam for ``lbfgs_after`` steps and then L-BFGS with a strong-Wolfe
+    line search — an approximate minimiser of each Lagrangian problem, as Algorithm 1
+    assumes (and as the best constrained-PINN results use)."""
+    adam = torch.optim.Adam(model.parameters(), lr=config.lr)
+    if config.optimizer == "adam":
+        scheduler = torch.optim.lr_scheduler.StepLR(
+            adam, step_size=config.lr_decay_every, gamma=config.lr_decay
+        )
+        return adam, scheduler
+    lbfgs = torch.optim.LBFGS(
+        model.parameters(),
+        lr=1.0,
+        max_iter=config.lbfgs_max_iter,
+        history_size=50,
+        tolerance_grad=1e-9,
+        tolerance_change=1e-12,
+        line_search_fn="strong_wolfe",
+    )
+    if config.lbfgs_after == 0:
+        return lbfgs, None
+    return ecl.Phases([(adam, config.lbfgs_after), (lbfgs, None)]), None
+
+
 # ---------------------------------------------------------------------------- metrics
 def heldout_residuals(
     convection: ConvectionProblem,
@@ -307,9 +348,12 @@ def heldout_residuals(
     device: torch.device | str = "cpu",
 ) -> dict[str, float]:
     """Mean-squared IC, BC and PDE residuals on fresh points from a private generator
-    (seeded by ``seed``; the global RNG is left alone)."""
+    (seeded by ``seed``; the global RNG is left alone), in the model's floating type."""
     generator = torch.Generator().manual_seed(seed)
-    batch = convection.batches(num_points, generator=generator, device=device).sample()
+    param = next(iter(model.parameters()), None)
+    dtype = None if param is None else param.dtype
+    draw = convection.batches(num_points, generator=generator, device=device, dtype=dtype)
+    batch = draw.sample()
     was_training = model.training
     model.eval()
     try:
@@ -356,23 +400,23 @@ class ConvectionExperiment(Experiment):
         device = torch.device(context.device)
         convection = ConvectionProblem(config.beta)
         model = MLP(hidden=config.hidden, depth=config.depth, activation=config.activation)
-        model.to(device)
+        dtype = torch.float64 if config.dtype == "float64" else torch.float32
+        model.to(device=device, dtype=dtype)
         problem, formulation = build_problem(config, convection)
         batches: CollocationBatches
         if config.formulation == "ecl-pointwise":
-            ic, bc = _fixed_sets(config.pointwise_points, config.pointwise_batch, device)
-            box = UniformSampler(DOMAIN_LOW, DOMAIN_HIGH, config.num_points, device=device)
+            ic, bc = _fixed_sets(config.pointwise_points, config.pointwise_batch, device, dtype)
+            box = UniformSampler(
+                DOMAIN_LOW, DOMAIN_HIGH, config.num_points, device=device, dtype=dtype
+            )
             batches = CollocationBatches(
                 {"pde": box, "ic": ic, "bc": bc}, steps_per_epoch=_STEPS_PER_EPOCH
             )
         else:
             batches = convection.batches(
-                config.num_points, steps_per_epoch=_STEPS_PER_EPOCH, device=device
+                config.num_points, steps_per_epoch=_STEPS_PER_EPOCH, device=device, dtype=dtype
             )
-        optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-        scheduler = torch.optim.lr_scheduler.StepLR(
-            optimizer, step_size=config.lr_decay_every, gamma=config.lr_decay
-        )
+        optimizer, scheduler = primal_oracle(config, model)
         dual: ecl.dual.DualOptimizer = (
             ecl.dual.Adam(lr=config.dual_lr)
             if config.dual_optimizer == "adam"
@@ -410,14 +454,18 @@ class ConvectionExperiment(Experiment):
         heldout = train_sample = validation = None
         if config.formulation != "ecl-pointwise":  # fixed point sets have no held-out twin
             generator = torch.Generator().manual_seed(10_000 + context.seed)
-            draw = convection.batches(config.num_points, generator=generator, device=device)
+            draw = convection.batches(
+                config.num_points, generator=generator, device=device, dtype=dtype
+            )
             heldout = [draw.sample() for _ in range(20)]
             train_sample = [draw.sample() for _ in range(4)]
             if config.validation_share() > 0:
                 # selection judges fresh collocation points of the training distribution
                 # (its own generator), never the reference solution
                 picker = torch.Generator().manual_seed(20_000 + context.seed)
-                pool = convection.batches(config.num_points, generator=picker, device=device)
+                pool = convection.batches(
+                    config.num_points, generator=picker, device=device, dtype=dtype
+                )
                 validation = [pool.sample() for _ in range(4)]
         return Setup(
             solver=solver,

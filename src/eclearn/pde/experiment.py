@@ -143,6 +143,12 @@ class ConvectionConfig(ExperimentConfig):
     lbfgs_max_iter: int = Field(
         20, ge=1, description="lbfgs: inner L-BFGS iterations per step (one dual step each)"
     )
+    collocation: Literal["resample", "fixed"] = Field(
+        "resample",
+        description="fresh PDE/IC/BC points every step, or one set of num_points each drawn "
+        "once (a deterministic Lagrangian for L-BFGS; ecl-pointwise keeps its own fixed "
+        "IC/BC sets of pointwise_points)",
+    )
     dtype: Literal["float32", "float64"] = Field(
         "float32", description="floating type of the model and the collocation points"
     )
@@ -409,8 +415,17 @@ class ConvectionExperiment(Experiment):
             box = UniformSampler(
                 DOMAIN_LOW, DOMAIN_HIGH, config.num_points, device=device, dtype=dtype
             )
+            pde = box.fixed() if config.collocation == "fixed" else box
             batches = CollocationBatches(
-                {"pde": box, "ic": ic, "bc": bc}, steps_per_epoch=_STEPS_PER_EPOCH
+                {"pde": pde, "ic": ic, "bc": bc}, steps_per_epoch=_STEPS_PER_EPOCH
+            )
+        elif config.collocation == "fixed":
+            ic, bc = _fixed_sets(config.num_points, None, device, dtype)
+            box = UniformSampler(
+                DOMAIN_LOW, DOMAIN_HIGH, config.num_points, device=device, dtype=dtype
+            )
+            batches = CollocationBatches(
+                {"pde": box.fixed(), "ic": ic, "bc": bc}, steps_per_epoch=_STEPS_PER_EPOCH
             )
         else:
             batches = convection.batches(

@@ -603,7 +603,10 @@ class InterpolationExperiment(Experiment):
         names: list[str] = state["class_names"]
         figure_dir = Path(figure_dir)
         figure_dir.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {"channels_last": config.channels_last, "autocast": _AUTOCAST[config.autocast]}
+        kwargs: dict[str, Any] = {
+            "channels_last": config.channels_last,
+            "autocast": _AUTOCAST[config.autocast],
+        }
         model = setup.solver.model
         test_logits = predict(model, state["x_test"], config.eval_batch_size, **kwargs)
         y_test = state["y_test"]

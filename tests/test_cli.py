@@ -286,7 +286,7 @@ def test_config_errors_one_line_each_exit_2():
         "formulation = 'pinn' (from --set formulation=pinn): not an allowed value; allowed "
         "values: 'lagrangian', 'penalty' or 'augmented'"
     ) in text
-    assert "batch_size = 'abc' (from --set batch_size=abc): wrong type; must be an integer" in text
+    assert "batch_size = 'abc' (from --set batch_size=abc): a string is not a number" in text
     assert not Path("runs").exists()
 
 
@@ -316,6 +316,21 @@ def test_existing_run_directories_are_refused_unless_overwrite(no_figures):
     second = metrics_of(Path("r/seed-0"))
     first.pop("fit_seconds"), second.pop("fit_seconds")
     assert first == second
+
+
+def test_overwrite_and_resume_of_a_run_held_by_a_live_process_are_refused(no_figures):
+    """A live run holds DIR/.lock: --overwrite would delete its files under it, a second
+    --resume would train it twice; both get one line naming the holder."""
+    from eclearn.experiments.runner import RunLock
+
+    assert run_cli("run", "toy", "--out", "r", *QUICK)[0] == 0
+    with RunLock(Path("r/seed-0")):
+        code, _, err = run_cli("run", "toy", "--out", "r", "--overwrite", *QUICK)
+        assert code == 2
+        (line,) = errors(err)
+        assert f"in use by another eclearn process (pid {os.getpid()})" in line
+        assert Path("r/seed-0/metrics.json").exists()  # nothing was deleted
+    assert run_cli("run", "toy", "--out", "r", "--overwrite", *QUICK)[0] == 0
 
 
 def test_write_error_is_one_line_leaves_no_metrics_and_resume_finishes(no_figures, monkeypatch):
@@ -461,3 +476,28 @@ def test_a_diverging_run_fails_with_status_1_and_stays_incomplete(no_figures):
     assert line.startswith("eclearn: error: the run failed: step ") and "NaN or Inf" in line
     assert not Path("div/seed-0/metrics.json").exists()
     assert "FAILED: ProblemError" in Path("div/seed-0/log.txt").read_text()
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("epochs=true", "a boolean is not a number"),
+        ('epochs="3"', "a string is not a number"),
+        ("epochs=2.0", "must be an integer"),
+        ("lr=inf", "finite number"),
+        ("lr=nan", "finite number"),
+        ("tolerance=inf", "finite number"),
+    ],
+)
+def test_configs_that_cannot_mean_anything_are_refused_in_one_line(override, problem):
+    code, _, err = run_cli("run", "toy", "--set", override, "--out", "never")
+    assert code == 2
+    (line,) = errors(err)
+    assert problem in line and f"(from --set {override})" in line
+    assert not Path("never").exists()
+
+
+def test_control_characters_from_set_are_escaped():
+    code, _, err = run_cli("run", "toy", "--set", "lrr=\x1b[31mred\x07", "--out", "never")
+    assert code == 2
+    assert "\x1b" not in err and "\x07" not in err and "\\x1b" in err

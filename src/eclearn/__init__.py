@@ -8,7 +8,7 @@ judge held-out data with :func:`evaluate` and :func:`certify`.
 
 from eclearn import dual, measures
 from eclearn import selection as select
-from eclearn._io import load_checkpoint, save_checkpoint
+from eclearn._io import CheckpointError, load_checkpoint, save_checkpoint
 from eclearn._rng import seed_everything
 from eclearn.batches import Batches
 from eclearn.certify import Certificate, certify, check_sensitivity, duality_gap
@@ -39,6 +39,7 @@ __all__ = [
     "Callback",
     "CandidateRecorder",
     "Certificate",
+    "CheckpointError",
     "CheckpointMismatch",
     "Columns",
     "Constraint",

@@ -1,19 +1,37 @@
-"""Atomic file writes: write to a temporary file in the same folder, then rename.
+"""Atomic file writes (a temporary file in the same folder, then rename) and verified
+checkpoint loads.
 
-A crash or a full disk leaves either the old file or the new one, never half of one.
+A crash or a full disk leaves either the old file or the new one, never half of one. A
+checkpoint is what ``torch.save`` writes (a zip archive: users may ``torch.load`` it
+directly); ``load_checkpoint`` first checks the CRC-32 of every archive member, which
+``torch.load`` does not, so a flipped byte or a truncated copy is refused instead of
+resuming from changed tensors.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 import torch
 
-__all__ = ["atomic_write", "atomic_write_text", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "CheckpointError",
+    "atomic_write",
+    "atomic_write_text",
+    "load_checkpoint",
+    "save_checkpoint",
+]
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that cannot be trusted: damaged, truncated, or not eclearn's."""
+
 
 _UMASK = os.umask(0)
 os.umask(_UMASK)
@@ -42,10 +60,40 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` atomically."""
-    return atomic_write(path, lambda handle: torch.save(obj, handle))
+    """``torch.save`` atomically (serialised in memory first, so a failure of the
+    serialiser never reaches the disk and a full disk is an ``OSError``)."""
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return atomic_write(path, lambda handle: handle.write(buffer.getbuffer()))
 
 
 def load_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True`` (tensors and plain containers, no pickle code)."""
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """Verify the archive's checksums and ``torch.load`` with ``weights_only=True``
+    (tensors and plain containers: pickled code is never executed). Raises
+    :class:`CheckpointError` with one line naming the file when it is damaged or not a
+    checkpoint."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise CheckpointError(f"{path}: cannot be read ({err.strerror or err})") from None
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, ValueError, OSError, NotImplementedError):
+        raise CheckpointError(
+            f"{path} is not an eclearn checkpoint or is damaged (not a readable torch.save "
+            "archive); eclearn never loads pickled code: delete or replace the file"
+        ) from None
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is damaged (the checksum of its record {bad!r} does not match: a changed "
+            "or truncated copy); restore it from a backup, or delete it to start over"
+        )
+    try:
+        return torch.load(io.BytesIO(data), map_location=map_location, weights_only=True)
+    except Exception as err:  # torch's messages run to many lines of pickling advice
+        raise CheckpointError(
+            f"{path} is not an eclearn checkpoint or is damaged ({type(err).__name__} while "
+            "reading it); eclearn never loads pickled code: delete or replace the file"
+        ) from None

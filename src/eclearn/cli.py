@@ -119,9 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _printable(text: str) -> str:
+    """Escape control characters (from ``--set`` values, file names) so that an error is
+    one line and cannot drive the terminal."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def _error(lines: Sequence[str] | str) -> None:
     for line in [lines] if isinstance(lines, str) else lines:
-        print(f"eclearn: error: {line}", file=sys.stderr)
+        print(f"eclearn: error: {_printable(line)}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -159,6 +165,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPTED
+    except Exception as err:  # anything else: one line here, the traceback in log.txt
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        _error(
+            f"{type(err).__name__}: {first} (unexpected; the traceback is in the run's log.txt "
+            "when a run was started — please report it)"
+        )
+        return EXIT_USAGE
 
 
 def _one_line(text: str, limit: int = 110) -> str:

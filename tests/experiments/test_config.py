@@ -99,7 +99,7 @@ def test_wrong_type_out_of_range_and_literal_each_get_a_line():
     lines = _errors({"epochs": "many", "lr": -1.0, "formulation": "pinn"})
     assert len(lines) == 3
     text = "\n".join(lines)
-    assert "epochs = 'many' (from --set x): wrong type; must be an integer" in text
+    assert "epochs = 'many' (from --set x): a string is not a number (write it unquoted)" in text
     assert "lr = -1.0 (from --set x): out of range; must be > 0" in text
     assert (
         "formulation = 'pinn' (from --set x): not an allowed value; allowed values: "

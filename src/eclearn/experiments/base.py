@@ -26,12 +26,14 @@ files in ``eclearn/configs/`` naming their experiment (see ``eclearn.experiments
 
 from __future__ import annotations
 
+import types
+import typing
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from eclearn.history import History
 from eclearn.solver import Callback, FitResult, PrimalDual, StoppingRule
@@ -39,10 +41,40 @@ from eclearn.solver import Callback, FitResult, PrimalDual, StoppingRule
 __all__ = ["Experiment", "ExperimentConfig", "RunContext", "RunRecord", "Setup"]
 
 
-class ExperimentConfig(BaseModel):
-    """Base of every experiment's config: strict (unknown keys and wrong types rejected)."""
+def _scalar_types(annotation: Any) -> set[Any]:
+    """The plain types an annotation admits (``int | None`` → {int, NoneType}; a Literal
+    counts as ``str``-like: its values are checked by pydantic itself)."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Literal:
+        return {typing.Literal}
+    if origin in (typing.Union, types.UnionType):
+        return set().union(*(_scalar_types(a) for a in typing.get_args(annotation)))
+    return {annotation if origin is None else origin}
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class ExperimentConfig(BaseModel):
+    """Base of every experiment's config: strict — unknown keys rejected, no NaN or infinity
+    in any number, and no silent coercion of a number's type (``true`` is not 1, ``"3"`` is
+    not 3, ``3.5`` is not an integer); containers from TOML/JSON lists still validate."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_silent_coercion(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None:
+            return value
+        kinds = _scalar_types(field.annotation)
+        if not kinds & {int, float} or kinds & {bool, typing.Literal, Any, str}:
+            return value
+        if isinstance(value, bool):
+            raise ValueError("a boolean is not a number")
+        if isinstance(value, str):
+            raise ValueError("a string is not a number (write it unquoted)")
+        if isinstance(value, float) and float not in kinds:
+            raise ValueError("must be an integer (no fractional or float value)")
+        return value
 
     formulation: str = Field("lagrangian", description="which formulation this run trains")
     checkpoint_every: int = Field(500, ge=1, description="steps between checkpoints")

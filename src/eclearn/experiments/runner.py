@@ -28,7 +28,7 @@ from torch import Tensor
 
 from eclearn import __version__
 from eclearn import selection as select
-from eclearn._io import atomic_write_text, load_checkpoint, save_checkpoint
+from eclearn._io import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
 from eclearn._rng import seed_everything
 from eclearn.certify import certify
 from eclearn.datafiles import DataNotFoundError
@@ -339,6 +339,9 @@ def check_run_dirs(
             )
     if problems:
         raise RunnerError(problems)
+    for spec in runs:
+        if spec.run_dir.is_dir() and actions[spec.run_dir] != "skip":
+            _check_not_in_use(spec.run_dir)
     if overwrite:
         for spec in runs:
             if spec.run_dir.is_dir():
@@ -376,6 +379,57 @@ def _clear(run_dir: Path) -> None:
 
 
 # ---------------------------------------------------------------------------- execution
+LOCK_FILE = ".lock"
+
+
+class RunLock:
+    """An exclusive lock on a run directory for the life of the process that trains it.
+
+    ``fcntl.flock`` on ``DIR/.lock``: the OS releases it when the process ends, however it
+    ends (``kill -9`` included), so a stale lock never blocks a rerun. The holder writes its
+    pid into the file, so a second process can say who holds it.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / LOCK_FILE
+        self._fd: int | None = None
+
+    def acquire(self) -> RunLock:
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise RunnerError(
+                f"{self.path.parent} is in use by another eclearn process (pid {holder}); wait "
+                "for it to finish or stop it, then run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _check_not_in_use(run_dir: Path) -> None:
+    """Raise if a live process holds ``run_dir``'s lock (before replacing its files)."""
+    if (run_dir / LOCK_FILE).exists():
+        RunLock(run_dir).acquire().release()
+
+
 @contextmanager
 def _writing(path: Path, run_dir: Path) -> Iterator[None]:
     """Turn an OSError while writing ``path`` into a one-line error with the fix."""
@@ -453,6 +507,23 @@ def execute(
     created = [d for d in [run_dir, *run_dir.parents] if not d.exists()]
     with _writing(run_dir, run_dir):
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = RunLock(run_dir).acquire()
+    try:
+        return _execute_locked(experiment, spec, resume, progress, echo, progress_file, created)
+    finally:
+        lock.release()
+
+
+def _execute_locked(
+    experiment: Experiment,
+    spec: RunSpec,
+    resume: bool,
+    progress: bool,
+    echo: Callable[[str], None] | None,
+    progress_file: IO[str] | None,
+    created: list[Path],
+) -> dict[str, Any]:
+    run_dir = spec.run_dir
     log = RunLog(run_dir / LOG_FILE, echo)
     holder: list[PrimalDual] = []
     try:
@@ -470,7 +541,11 @@ def execute(
         log.write(f"interrupted at step {step}")
         raise RunInterrupted(run_dir, step) from None
     except BaseException as err:
+        import traceback
+
         log.write(f"FAILED: {type(err).__name__}: {err}")
+        if not isinstance(err, RunnerError):
+            log.write(traceback.format_exc().rstrip())
         raise
     finally:
         log.close()
@@ -479,7 +554,7 @@ def execute(
 def _remove_fresh(run_dir: Path, created: list[Path]) -> None:
     """Undo a fresh run that failed before training (missing data): remove its files and
     the folders this run created, leaving nothing behind."""
-    for name in (CONFIG_FILE, LOG_FILE):
+    for name in (CONFIG_FILE, LOG_FILE, LOCK_FILE):
         (run_dir / name).unlink(missing_ok=True)
     for folder in created:  # deepest first
         with suppress(OSError):
@@ -716,18 +791,20 @@ def _check_setup(setup: Any, name: str) -> None:
 def _load(solver: PrimalDual, path: Path) -> dict[str, Any]:
     try:
         state = load_checkpoint(path, map_location=solver.device)
-    except Exception as err:
+    except CheckpointError as err:
         raise RunnerError(
-            f"{path} cannot be read ({type(err).__name__}: {err}): the checkpoint is damaged; "
-            f"delete it and `eclearn run --resume {path.parent}` starts the run over"
+            f"{err}; then `eclearn run --resume {path.parent}` starts the run over"
         ) from None
+    if not isinstance(state, dict):
+        raise RunnerError(f"{path} is not an eclearn run checkpoint (no solver state in it)")
     runner_state = dict(state.pop("runner", None) or {})
     try:
         solver.load_state_dict(state)
-    except (ValueError, KeyError, RuntimeError) as err:
+    except (ValueError, KeyError, RuntimeError, TypeError) as err:
+        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise RunnerError(
-            f"{path} does not fit this run's solver ({err}); delete it and `eclearn run "
-            f"--resume {path.parent}` starts the run over"
+            f"{path} does not fit this run's solver ({first_line}); delete it and `eclearn "
+            f"run --resume {path.parent}` starts the run over"
         ) from None
     return runner_state
 

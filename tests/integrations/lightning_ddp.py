@@ -9,9 +9,9 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
-import torch  # noqa: E402
+import torch
 
-from tests.integrations import lightning_app as app  # noqa: E402
+from tests.integrations import lightning_app as app
 
 
 def main(out: str, steps: int, per_rank_batch: int) -> None:

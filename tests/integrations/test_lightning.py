@@ -17,7 +17,7 @@ pytest.importorskip(
     "lightning", reason="PyTorch Lightning is not installed (pip install 'eclearn[lightning]')"
 )
 
-from tests.integrations import lightning_app as app  # noqa: E402
+from tests.integrations import lightning_app as app
 
 ROOT = Path(__file__).resolve().parents[2]
 STEPS = 8  # two epochs of 4 batches
@@ -68,10 +68,13 @@ def test_same_steps_as_fit(tmp_path):
         app.ecl.dual.Adam(lr=0.02),
     )
     solver.fit(list(app.loader(16)), max_steps=STEPS, warn=False)
-    a, b = app.snapshot(module), {
-        **{f"param/{k}": v for k, v in reference.net.state_dict().items()},
-        **{f"mult/{k}": v for k, v in solver.multipliers.items()},
-    }
+    a, b = (
+        app.snapshot(module),
+        {
+            **{f"param/{k}": v for k, v in reference.net.state_dict().items()},
+            **{f"mult/{k}": v for k, v in solver.multipliers.items()},
+        },
+    )
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-12, msg=key)
     history = module.solver.history
@@ -91,8 +94,15 @@ def test_violations_and_multipliers_reach_the_logger(tmp_path):
     with open(Path(logger.log_dir) / "metrics.csv") as handle:
         rows = list(csv.DictReader(handle))
     names = set(rows[0])
-    for name in ("violation/mean", "violation/rates[2]", "multiplier/energy", "lagrangian",
-                 "excess/fit/max", "multiplier/fit/norm", "objective"):
+    for name in (
+        "violation/mean",
+        "violation/rates[2]",
+        "multiplier/energy",
+        "lagrangian",
+        "excess/fit/max",
+        "multiplier/fit/norm",
+        "objective",
+    ):
         assert name in names, name
     last = [r for r in rows if r["multiplier/energy"]][-1]
     assert float(last["multiplier/energy"]) == pytest.approx(
@@ -142,7 +152,13 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     }
     env.pop("LOCAL_RANK", None)
     proc = subprocess.run(
-        [sys.executable, str(Path(__file__).with_name("lightning_ddp.py")), str(out), str(STEPS), "8"],
+        [
+            sys.executable,
+            str(Path(__file__).with_name("lightning_ddp.py")),
+            str(out),
+            str(STEPS),
+            "8",
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -157,3 +173,25 @@ def test_ddp_two_processes_equal_one_process(tmp_path):
     for key in single:
         torch.testing.assert_close(two[key], single[key], rtol=0, atol=1e-10, msg=key)
     assert torch.count_nonzero(single["mult/fit"]) > 0
+
+
+def test_docs_example_runs(tmp_path, monkeypatch):
+    """docs/lightning.md's example runs as printed: trains, logs, checkpoints, resumes."""
+    import io
+    import re
+    from contextlib import redirect_stdout
+
+    text = (ROOT / "docs" / "lightning.md").read_text()
+    code = re.search(r"```python\n(.*?)```", text, re.S).group(1)
+    monkeypatch.chdir(tmp_path)
+    out = io.StringIO()
+    with redirect_stdout(out):
+        namespace: dict = {}
+        exec(compile(code, "docs/lightning.md", "exec"), namespace)
+    printed = out.getvalue()
+    assert "steps in the history: 240" in printed, printed
+    assert namespace["resumed"].solver.multipliers["gap"].item() > 0
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    metrics = list((tmp_path / "logs" / "fair").glob("version_*/metrics.csv"))
+    assert metrics and "violation/gap" in metrics[0].read_text().splitlines()[0]
+    assert "feasible at tol 0.01" in printed, printed

@@ -197,7 +197,9 @@ class ConstrainedModule:
         if refused:
             raise ValueError(
                 "configure_solver: "
-                + "; ".join(f"{key}= is not used under Lightning: {_NOT_HERE[key]}" for key in refused)
+                + "; ".join(
+                    f"{key}= is not used under Lightning: {_NOT_HERE[key]}" for key in refused
+                )
             )
         solver = PrimalDual(problem, self, optimizer, **options)  # type: ignore[arg-type]
         if solver.closure:

@@ -261,8 +261,14 @@ def _additive_resamples(
             parts += [num.reshape(-1), den.reshape(-1)]
         return tuple(parts)
 
+    import warnings
+
     try:
-        rowwise = torch.func.vmap(one, randomness="error")(*[batch[k].unsqueeze(1) for k in keys])
+        with warnings.catch_warnings():  # one-row batches may warn (e.g. a variance)
+            warnings.simplefilter("ignore")
+            rowwise = torch.func.vmap(one, randomness="error")(
+                *[batch[k].unsqueeze(1) for k in keys]
+            )
     except Exception:  # not vmappable over one-row batches
         return None
     n, rows = picks.shape

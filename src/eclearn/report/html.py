@@ -28,9 +28,11 @@ table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left;
          font-variant-numeric: tabular-nums; }
 th { background: #f3f3f3; }
-td:first-child { font-family: ui-monospace, monospace; }
+td:first-child { font-family: ui-monospace, monospace; white-space: nowrap; }
 table.arrays td:not(:first-child), table.arrays th:not(:first-child) { text-align: right; }
 td { max-width: 40rem; overflow-wrap: anywhere; }
+th { overflow-wrap: anywhere; }
+.wide { overflow-x: auto; max-width: 100%; }
 ul.sentences { margin-top: 0.2rem; }
 h3 { margin-bottom: 0.3rem; }
 figure { display: inline-block; margin: 0.5rem; vertical-align: top; }
@@ -79,7 +81,7 @@ def table(t: Table, css: str = "") -> str:
         for name, cells in t.rows
     )
     cls = f' class="{css}"' if css else ""
-    return f"<table{cls}>{head}{body}</table>"
+    return f'<div class="wide"><table{cls}>{head}{body}</table></div>'
 
 
 def figure(path: Path, caption: str = "") -> str:

@@ -308,6 +308,13 @@ def _array_tables(
             cells = [summarize([v[i] for v in lists]) for i in range(length)]
             rows.append((label, cells))
         title = f"{experiment}: per-component values ({length} each)"
+        if length > 6 and len(rows) < length:  # long and few: components as rows
+            what = header[0] if header is not None else "component"
+            rows, columns = (
+                [(c, [cells[i] for _, cells in rows]) for i, c in enumerate(columns)],
+                [label for label, _ in rows],
+            )
+            corner = f"{what} \\ metric"
         tables.append(Table(title, columns, rows, corner=corner, num_runs=0))
     return tables
 

@@ -84,6 +84,16 @@ def log_axis(ax: Any) -> None:
     ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
 
 
+def _few_ticks(ax: Any) -> None:
+    """At most ~5 labelled ticks per linear axis: every tick is a handful of artists to
+    build, lay out and draw, most of a small line plot's cost."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    if ax.get_yscale() == "linear":
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
+
+
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
     """Trailing moving average that skips NaN entries (NaN where the window has none)."""
     values = np.asarray(values, dtype=np.float64)
@@ -214,6 +224,7 @@ def run_figures(
         ax.set_ylabel("loss on the training batch")
         ax.set_title("objective and Lagrangian: per batch (faint), moving average (bold)")
         _legend(ax, len(keys))
+        _few_ticks(ax)
         paths.append(save_figure(fig, figure_dir / "objective.png"))
 
     columns = violation_columns(constraints, history.columns)
@@ -248,6 +259,7 @@ def run_figures(
             else "constraint violation: moving average over batches"
         )
         _legend(ax, len(entries))
+        _few_ticks(ax)
         paths.append(save_figure(fig, figure_dir / "violations.png"))
 
     def moved(cols: list[str]) -> list[str]:
@@ -284,6 +296,7 @@ def run_figures(
             ax.set_ylabel(ylabel)
             ax.set_title(title)
             _legend(ax, len(cols))
+            _few_ticks(ax)
         paths.append(save_figure(fig, figure_dir / "multipliers.png"))
     return paths
 
@@ -348,4 +361,5 @@ def comparison_figure(
     for ax in axes:
         ax.set_xlabel("step")
         _legend(ax, len(curves))
+        _few_ticks(ax)
     return save_figure(fig, path)

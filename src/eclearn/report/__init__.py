@@ -71,8 +71,11 @@ def write_report(
     warn: Callable[[str], None] | None = None,
 ) -> ReportFiles:
     """Write ``report.md``, ``report.html`` and ``figures/`` into ``out_dir``."""
+    import warnings
+
     from eclearn.experiments import registry
     from eclearn.report.figures import comparison_figure
+    from eclearn.report.tables import markdown_table
 
     warn = warn or (lambda message: print(message, file=sys.stderr))
     out = Path(out_dir)
@@ -114,6 +117,19 @@ def write_report(
         if table.notes:
             md += ["Diagnostics:", ""] + [f"- {n}" for n in table.notes] + [""]
             body += [html.paragraph("Diagnostics:"), html.unordered(table.notes, "note")]
+        if table.certificates:
+            md += ["### Certificates", ""]
+            body.append(html.heading("Certificates", 3))
+            for label, sentences in table.certificates:
+                md += [f"- **{label}**"] + [f"  - {line}" for line in sentences]
+                body.append(html.sentences(label, sentences))
+            md.append("")
+        for array in table.arrays:
+            md += [f"### {array.experiment}", "", markdown_table(array), ""]
+            body += [html.heading(array.experiment, 3), html.table(array, "arrays")]
+        if table.texts:
+            md += ["Other values:", ""] + [f"- {t}" for t in table.texts] + [""]
+            body += [html.paragraph("Other values:"), html.unordered(table.texts)]
         made: list[Path] = []
         series = {
             g.label: [r.history() for r in g.runs if (r.path / "history.csv").is_file()]
@@ -123,27 +139,36 @@ def write_report(
             constraints = next(
                 (r.info.get("constraints") for r in runs if r.info.get("constraints")), None
             )
-            made.append(
-                comparison_figure(
-                    {k: v for k, v in series.items() if v},
-                    constraints,
-                    figure_dir / f"{table.experiment}-training.png",
-                    table.experiment,
-                )
+            drawn = comparison_figure(
+                {k: v for k, v in series.items() if v},
+                constraints,
+                figure_dir / f"{table.experiment}-training.png",
+                table.experiment,
             )
+            if drawn is not None:
+                made.append(drawn)
+        figure_notes: list[str] = []
         try:
             hook = registry.experiment_class(table.experiment).report_figures
-            made += [Path(p) for p in hook(runs, figure_dir)]
+            # what a hook warns (a comparison it cannot draw, and why) goes into the report
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                made += [Path(p) for p in hook(runs, figure_dir)]
+            figure_notes += [f"{table.experiment}: {w.message}" for w in caught]
         except RunnerError as err:
-            files.notes.append(f"{table.experiment}: no experiment figures ({err})")
+            figure_notes.append(f"{table.experiment}: no experiment figures ({err})")
         except Exception as err:
-            files.notes.append(
+            figure_notes.append(
                 f"{table.experiment}: report_figures failed: {type(err).__name__}: {err}"
             )
+        files.notes += figure_notes
         files.figures += made
         if made:
             md += [f"![{p.stem}](<{_relative(p, out)}>)" for p in made] + [""]
             body += [html.figure(p, p.stem) for p in made if p.is_file()]
+        if figure_notes:
+            md += ["Figure notes:", ""] + [f"- {n}" for n in figure_notes] + [""]
+            body += [html.paragraph("Figure notes:"), html.unordered(figure_notes, "note")]
         md += ["Runs:", ""]
         for g in members:
             first = g.runs[0]

@@ -1,10 +1,16 @@
 """Training figures from solver histories (matplotlib, Agg; no pyplot global state).
 
-Per run: objective and Lagrangian vs step, each constraint's violation vs step (log
-scale: |v| for equalities, the positive part [v]₊ for inequalities, pointwise max/mean
-|v|), and the multiplier trajectories (pointwise tables: their mean and norm). Across runs:
-objective and worst violation vs step, one line per group (mean over its seeds).
-Per-step values are drawn faintly with a moving average on top.
+Per run: objective and Lagrangian vs step (only when there is an objective), each
+constraint's violation vs step (log scale: |v| for equalities, the positive part [v]₊ for
+inequalities, pointwise max/mean excess), and the multiplier trajectories (pointwise
+tables: their mean and norm; only when the run has multipliers that moved). Across runs:
+objective and worst violation vs step, one line per group (mean over its seeds), each
+panel only when it has something to show. Per-step values are drawn faintly with a moving
+average on top; every axis is labelled.
+
+Cheap by construction: figures are built on ``matplotlib.figure.Figure`` (Agg, no pyplot),
+with fixed margins (no layout engine), at most :data:`MAX_POINTS` points per line, plain
+tick labels on log axes (no mathtext) and light PNG compression.
 """
 
 from __future__ import annotations
@@ -29,27 +35,63 @@ __all__ = [
     "worst_series",
 ]
 
-MAX_POINTS = 4000
+MAX_POINTS = 1200
+"""Points per drawn line (a figure is 560 pixels wide: more only costs rendering time)."""
+DPI = 80
+"""560 pixels for a 7-inch figure: the width the HTML report shows it at (34rem), so a
+higher resolution would only be rendered, encoded and embedded to be scaled down."""
+PNG_OPTIONS = {"compress_level": 3}
+"""zlib level 3: a fraction of the default's encoding time for a few percent more bytes."""
 
 
 def new_figure(rows: int = 1, *, width: float = 7.0, height: float = 3.2) -> tuple[Any, list[Any]]:
     """A matplotlib Figure with ``rows`` stacked axes, independent of pyplot's backend."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(width, height * rows), dpi=100)
+    fig = Figure(figsize=(width, height * rows), dpi=DPI)
     axes = fig.subplots(rows, 1, squeeze=False)[:, 0]
     # Fixed margins: a layout engine would double the rendering time of these small plots.
     inch = 1.0 / (height * rows)
-    fig.subplots_adjust(left=0.1, right=0.97, bottom=0.5 * inch, top=1 - 0.35 * inch, hspace=0.45)
+    fig.subplots_adjust(left=0.11, right=0.97, bottom=0.5 * inch, top=1 - 0.35 * inch, hspace=0.5)
+    for ax in axes:
+        # Titles at a fixed height: placing them automatically measures every tick label
+        # of the axes at each draw (a third of a small figure's rendering time).
+        ax._autotitlepos = False
     return fig, list(axes)
 
 
 def save_figure(fig: Any, path: Path) -> Path:
     """Render to PNG (Agg) and write atomically."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
+    fig.savefig(buffer, format="png", pil_kwargs=PNG_OPTIONS)
     data = buffer.getvalue()
     return atomic_write(path, lambda handle: handle.write(data))
+
+
+def log_axis(ax: Any) -> None:
+    """Log scale with plain-text tick labels ("0.01", "1e-05"; minor ticks 2 and 5
+    labelled when the axis spans less than two decades): the default's mathtext labels
+    cost more to lay out than the rest of a small figure."""
+    from matplotlib.ticker import LogFormatter, LogLocator
+
+    class Plain(LogFormatter):
+        def _num_to_string(self, x: float, vmin: float, vmax: float) -> str:
+            return f"{x:g}"
+
+    ax.set_yscale("log")
+    ax.yaxis.set_minor_locator(LogLocator(subs=(2.0, 5.0)))  # 2 minor ticks a decade, not 8
+    ax.yaxis.set_major_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    ax.yaxis.set_minor_formatter(Plain(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _few_ticks(ax: Any) -> None:
+    """At most ~5 labelled ticks per linear axis: every tick is a handful of artists to
+    build, lay out and draw, most of a small line plot's cost."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+    if ax.get_yscale() == "linear":
+        ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
 
 
 def moving_average(values: np.ndarray, window: int) -> np.ndarray:
@@ -125,19 +167,38 @@ def _colors(n: int) -> list[Any]:
     return [cmap(i if n <= 10 else i / max(n - 1, 1)) for i in range(n)]
 
 
+def _finite(values: np.ndarray) -> bool:
+    return bool(np.isfinite(values).any())
+
+
+def _excess_columns(columns: Sequence[str]) -> list[str]:
+    """Pointwise constraints' per-batch excess (``excess/<c>/max`` and ``/mean``)."""
+    return [c for c in columns if c.startswith("excess/") and c.endswith(("/max", "/mean"))]
+
+
 def worst_series(
     history: History, constraints: Sequence[Mapping[str, Any]] | None, window: int = 1
 ) -> np.ndarray:
     """Per step, the worst violation over all components (as in the progress bar); with
-    ``window > 1`` each component's signed violation is first averaged over that window."""
+    ``window > 1`` each component's signed violation is first averaged over that window.
+    Pointwise constraints count with their batch's largest excess."""
     parts = []
     for col, inequality in violation_columns(constraints, history.columns):
         values = moving_average(history[col], window)
         parts.append(np.maximum(values, 0.0) if inequality else np.abs(values))
+    for col in _excess_columns(history.columns):
+        if col.endswith("/max"):
+            parts.append(moving_average(history[col], window))
     if not parts:
         return np.zeros(len(history))
     stacked = np.stack(parts)
     return np.where(np.isnan(stacked), -np.inf, stacked).max(axis=0).clip(min=0.0)
+
+
+def _has_constraints(history: History, constraints: Sequence[Mapping[str, Any]] | None) -> bool:
+    return bool(violation_columns(constraints, history.columns)) or bool(
+        _excess_columns(history.columns)
+    )
 
 
 def run_figures(
@@ -145,63 +206,98 @@ def run_figures(
     constraints: Sequence[Mapping[str, Any]] | None,
     figure_dir: Path,
 ) -> list[Path]:
-    """``objective.png``, ``violations.png``, ``multipliers.png`` of one run; ``constraints``
-    is ``Problem.fingerprint()`` (names and kinds)."""
+    """``objective.png`` (when the problem has an objective), ``violations.png`` (when it
+    has constraints) and ``multipliers.png`` (when multipliers moved) of one run;
+    ``constraints`` is ``Problem.fingerprint()`` (names and kinds)."""
     figure_dir.mkdir(parents=True, exist_ok=True)
     if len(history) == 0:
         return []
     steps = history["step"]
     paths = []
 
-    fig, (ax,) = new_figure()
-    colors = _colors(2)
-    for key, color in zip(("objective", "lagrangian"), colors, strict=True):
-        if key in history and np.isfinite(history[key]).any():
+    if "objective" in history and _finite(history["objective"]):
+        fig, (ax,) = new_figure()
+        keys = [k for k in ("objective", "lagrangian") if k in history and _finite(history[k])]
+        for key, color in zip(keys, _colors(2), strict=False):
             _plot(ax, steps, history[key], key, color)
-    ax.set_xlabel("step")
-    ax.set_title("objective and Lagrangian (training batches)")
-    _legend(ax, 2)
-    paths.append(save_figure(fig, figure_dir / "objective.png"))
-
-    fig, (ax,) = new_figure()
-    columns = violation_columns(constraints, history.columns)
-    pointwise_means = [
-        c for c in history.columns if c.startswith("violation/") and c.endswith("/mean_abs")
-    ]
-    entries = [(c, ineq) for c, ineq in columns] + [(c, False) for c in pointwise_means]
-    for (col, inequality), color in zip(entries, _colors(len(entries)), strict=True):
-        name = col[len("violation/") :]
-        label = f"[{name}]₊ (≤)" if inequality else f"|{name}|"
-        part = _positive_part if inequality else _magnitude
-        _plot(ax, steps, history[col], label, color, transform=part)
-    ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_title("constraint violation: per batch (faint), moving average (bold)")
-    _legend(ax, len(entries))
-    paths.append(save_figure(fig, figure_dir / "violations.png"))
-
-    dense = [
-        c
-        for c in history.columns
-        if c.startswith("multiplier/") and "/" not in c[len("multiplier/") :]
-    ]
-    tables = [
-        c for c in history.columns if c.startswith("multiplier/") and c.endswith(("/mean", "/norm"))
-    ]
-    fig, axes = new_figure(2 if dense and tables else 1)
-    for ax, cols, title in zip(
-        axes,
-        [cols for cols in (dense, tables) if cols],
-        ["multipliers", "pointwise multiplier tables (mean, norm)"],
-        strict=False,
-    ):
-        for col, color in zip(cols, _colors(len(cols)), strict=True):
-            _plot(ax, steps, history[col], col[len("multiplier/") :], color, raw=False)
-        ax.axhline(0.0, color="0.7", linewidth=0.6)
         ax.set_xlabel("step")
-        ax.set_title(title)
-        _legend(ax, len(cols))
-    paths.append(save_figure(fig, figure_dir / "multipliers.png"))
+        ax.set_ylabel("loss on the training batch")
+        ax.set_title("objective and Lagrangian: per batch (faint), moving average (bold)")
+        _legend(ax, len(keys))
+        _few_ticks(ax)
+        paths.append(save_figure(fig, figure_dir / "objective.png"))
+
+    columns = violation_columns(constraints, history.columns)
+    entries = [(c, "≤" if ineq else "=") for c, ineq in columns]
+    entries += [(c, "pointwise") for c in _excess_columns(history.columns)]
+    if entries:
+        fig, (ax,) = new_figure()
+        drawn = False
+        for (col, kind), color in zip(entries, _colors(len(entries)), strict=True):
+            if kind == "pointwise":
+                name, stat = col[len("excess/") :].rsplit("/", 1)
+                label, part = f"{stat} excess {name}", _positive
+            else:
+                name = col[len("violation/") :]
+                label = f"[{name}]₊ (≤)" if kind == "≤" else f"|{name}|"
+                part = _positive_part if kind == "≤" else _magnitude
+            values = history[col]
+            drawn |= _finite(part(values))
+            # per-batch noise of many components hides their averages: then averages only
+            _plot(ax, steps, values, label, color, raw=len(entries) <= 4, transform=part)
+        if drawn:
+            log_axis(ax)
+            ax.set_ylabel("violation (log scale)")
+        else:  # every step met every constraint exactly: nothing to draw on a log axis
+            ax.set_ylim(-1, 1)
+            ax.set_ylabel("violation")
+            ax.text(0.5, 0.5, "no violation at any step", ha="center", transform=ax.transAxes)
+        ax.set_xlabel("step")
+        ax.set_title(
+            "constraint violation: per batch (faint), moving average (bold)"
+            if len(entries) <= 4
+            else "constraint violation: moving average over batches"
+        )
+        _legend(ax, len(entries))
+        _few_ticks(ax)
+        paths.append(save_figure(fig, figure_dir / "violations.png"))
+
+    def moved(cols: list[str]) -> list[str]:
+        out = []
+        for c in cols:
+            v = history[c]
+            if _finite(v) and np.nanmax(np.abs(v)) > 0:
+                out.append(c)
+        return out
+
+    dense = moved([c for c in history.columns if c.startswith("multiplier/") and c.count("/") == 1])
+    tables = moved(
+        [
+            c
+            for c in history.columns
+            if c.startswith("multiplier/") and c.endswith(("/mean", "/norm"))
+        ]
+    )
+    panels = [
+        (cols, title, ylabel)
+        for cols, title, ylabel in (
+            (dense, "multipliers of the average constraints", "multiplier value"),
+            (tables, "pointwise multiplier tables", "table mean and norm ‖μ‖"),
+        )
+        if cols
+    ]
+    if panels:
+        fig, axes = new_figure(len(panels))
+        for ax, (cols, title, ylabel) in zip(axes, panels, strict=True):
+            for col, color in zip(cols, _colors(len(cols)), strict=True):
+                _plot(ax, steps, history[col], col[len("multiplier/") :], color, raw=False)
+            ax.axhline(0.0, color="0.7", linewidth=0.6)
+            ax.set_xlabel("step")
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            _legend(ax, len(cols))
+            _few_ticks(ax)
+        paths.append(save_figure(fig, figure_dir / "multipliers.png"))
     return paths
 
 
@@ -220,29 +316,50 @@ def comparison_figure(
     constraints: Sequence[Mapping[str, Any]] | None,
     path: Path,
     title: str = "",
-) -> Path:
-    """Objective and worst violation vs step, one line per group (mean over its runs)."""
-    fig, (ax_obj, ax_viol) = new_figure(2)
+) -> Path | None:
+    """Objective and worst violation vs step, one line per group (mean over its runs);
+    a panel only when some group has values for it (None when neither has)."""
+    curves = []
     for (label, histories), color in zip(series.items(), _colors(len(series)), strict=True):
-        objective, worst, steps = [], [], None
+        objective, worst, steps, constrained = [], [], None, False
         for h in histories:
             if len(h) == 0:
                 continue
-            objective.append(h["objective"])
+            objective.append(h["objective"] if "objective" in h else np.full(len(h), np.nan))
             worst.append(worst_series(h, constraints, _window(len(h))))
+            constrained |= _has_constraints(h, constraints)
             steps = h["step"] if steps is None or len(h) < len(steps) else steps
         if steps is None:
             continue
         n = len(steps)
         obj = _mean_over_runs([o[:n] for o in objective])
-        viol = _mean_over_runs([w[:n] for w in worst])
-        if np.isfinite(obj).any():
-            _plot(ax_obj, steps, obj, label, color, raw=False)
-        _plot(ax_viol, steps, _positive(viol), label, color, raw=False, smooth=False)
-    ax_obj.set_title(f"{title} objective (training batches, mean over seeds)".strip())
-    ax_viol.set_title("worst constraint violation (of moving averages, mean over seeds)")
-    ax_viol.set_yscale("log")
-    for ax in (ax_obj, ax_viol):
+        viol = _positive(_mean_over_runs([w[:n] for w in worst]))
+        curves.append((label, color, steps, obj, viol if constrained else None))
+    want_objective = any(_finite(c[3]) for c in curves)
+    want_violation = any(c[4] is not None and _finite(c[4]) for c in curves)
+    panels = [
+        p for p, want in (("objective", want_objective), ("violation", want_violation)) if want
+    ]
+    if not panels:
+        return None
+    fig, axes = new_figure(len(panels))
+    axis = dict(zip(panels, axes, strict=True))
+    for label, color, steps, obj, viol in curves:
+        if "objective" in axis and _finite(obj):
+            _plot(axis["objective"], steps, obj, label, color, raw=False)
+        if "violation" in axis and viol is not None and _finite(viol):
+            _plot(axis["violation"], steps, viol, label, color, raw=False, smooth=False)
+    if "objective" in axis:
+        ax = axis["objective"]
+        ax.set_title(f"{title} objective (training batches, mean over seeds)".strip())
+        ax.set_ylabel("objective (training batch)")
+    if "violation" in axis:
+        ax = axis["violation"]
+        ax.set_title("worst constraint violation (of moving averages, mean over seeds)")
+        log_axis(ax)
+        ax.set_ylabel("worst violation (log scale)")
+    for ax in axes:
         ax.set_xlabel("step")
-        _legend(ax, len(series))
+        _legend(ax, len(curves))
+        _few_ticks(ax)
     return save_figure(fig, path)

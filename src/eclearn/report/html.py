@@ -10,7 +10,16 @@ from pathlib import Path
 
 from eclearn.report.tables import Table
 
-__all__ = ["details", "figure", "heading", "page", "paragraph", "table", "unordered"]
+__all__ = [
+    "details",
+    "figure",
+    "heading",
+    "page",
+    "paragraph",
+    "sentences",
+    "table",
+    "unordered",
+]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, Segoe UI, sans-serif; margin: 2rem auto;
@@ -19,7 +28,13 @@ table { border-collapse: collapse; margin: 0.5rem 0 1rem; font-size: 0.9rem; }
 th, td { border: 1px solid #ccc; padding: 0.25rem 0.6rem; text-align: left;
          font-variant-numeric: tabular-nums; }
 th { background: #f3f3f3; }
-td:first-child { font-family: ui-monospace, monospace; }
+td:first-child { font-family: ui-monospace, monospace; white-space: nowrap; }
+table.arrays td:not(:first-child), table.arrays th:not(:first-child) { text-align: right; }
+td { max-width: 40rem; overflow-wrap: anywhere; }
+th { overflow-wrap: anywhere; }
+.wide { overflow-x: auto; max-width: 100%; }
+ul.sentences { margin-top: 0.2rem; }
+h3 { margin-bottom: 0.3rem; }
 figure { display: inline-block; margin: 0.5rem; vertical-align: top; }
 figure img { max-width: 34rem; border: 1px solid #eee; }
 figcaption { font-size: 0.8rem; color: #555; }
@@ -51,7 +66,7 @@ def unordered(items: Sequence[str], css: str = "") -> str:
     return f"<ul{cls}>" + "".join(f"<li>{escape(i)}</li>" for i in items) + "</ul>"
 
 
-def table(t: Table) -> str:
+def table(t: Table, css: str = "") -> str:
     head = (
         f"<tr><th>{escape(t.corner)}</th>"
         + "".join(f"<th>{escape(c)}</th>" for c in t.columns)
@@ -65,7 +80,8 @@ def table(t: Table) -> str:
         + "</tr>"
         for name, cells in t.rows
     )
-    return f"<table>{head}{body}</table>"
+    cls = f' class="{css}"' if css else ""
+    return f'<div class="wide"><table{cls}>{head}{body}</table></div>'
 
 
 def figure(path: Path, caption: str = "") -> str:
@@ -76,6 +92,11 @@ def figure(path: Path, caption: str = "") -> str:
         f'<figure><img src="data:image/png;base64,{data}" alt="{text}">'
         f"<figcaption>{text}</figcaption></figure>"
     )
+
+
+def sentences(label: str, lines: Sequence[str]) -> str:
+    """A labelled list of short sentences (a group's certificate)."""
+    return f"<p><strong>{escape(label)}</strong></p>" + unordered(lines, "sentences")
 
 
 def details(summary: str, inner: Sequence[str]) -> str:

@@ -4,7 +4,11 @@ table, ``eclearn report``'s terminal output, ``report.md`` and ``report.html``.
 Runs are grouped by experiment and resolved config (so the seeds of one setting pool
 together and different settings never mix); each group is a column, each metric a row.
 Numbers are shown as mean ± sample std over the group's seeds, booleans as ``k/n`` true,
-lists of numbers as their elementwise mean, strings as the value (or the mix of values).
+strings as the value (or the mix of values). The summary table holds scalars only (and
+two-number confidence intervals, keys ending ``_ci``/``_interval``): lists go to
+per-component tables (:attr:`Table.arrays`, columns named by a list of strings of the same
+length such as ``groups``), long strings to :attr:`Table.texts`, and the certificates to
+short sentences per constraint (:attr:`Table.certificates`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,9 @@ __all__ = [
     "Group",
     "Table",
     "build_tables",
+    "certificate_sentences",
     "group_runs",
+    "markdown_table",
     "render_markdown",
     "render_text",
     "summarize",
@@ -35,6 +41,10 @@ __all__ = [
 BOOKKEEPING = ("experiment", "formulation", "label", "seed", "diagnostics")
 TAIL = ("steps", "epochs", "stop_reason", "fit_seconds")
 COMPACT_LIST = 4
+LONG_TEXT = 80
+"""Strings longer than this leave the summary table for the notes under it."""
+CERTIFICATE_KEYS = ("certificate_summary",)
+CERTIFICATE_FILE = "certificate.json"
 
 
 @dataclass
@@ -75,6 +85,12 @@ class Table:
     notes: list[str] = field(default_factory=list)
     num_runs: int = 0
     corner: str = "metric"
+    arrays: list[Table] = field(default_factory=list)
+    """Per-component tables of the list-valued metrics (one per list length)."""
+    texts: list[str] = field(default_factory=list)
+    """Long string metrics, one ``label: key: text`` line each."""
+    certificates: list[tuple[str, list[str]]] = field(default_factory=list)
+    """Per group: short sentences on the certificates of its runs."""
 
 
 def group_runs(records: Iterable[RunRecord]) -> list[Group]:
@@ -169,9 +185,25 @@ def table_metrics_of(experiment: str) -> tuple[str, ...]:
         return ()
 
 
+def _kind(key: str, values: Sequence[Any]) -> str:
+    """How a metric is shown: ``scalar`` (summary table), ``array`` (per-component table),
+    ``names`` (a list of strings: column names of arrays), ``text`` (a long string)."""
+    vals = [v for v in values if v is not None]
+    if vals and all(isinstance(v, list) for v in vals):
+        if all(isinstance(x, str) for v in vals for x in v):
+            return "names"
+        interval = key.endswith(("_ci", "_interval"))
+        if interval and all(len(v) == 2 and all(_is_number(x) for x in v) for v in vals):
+            return "scalar"
+        return "array"
+    if any(isinstance(v, str) and len(v) > LONG_TEXT for v in vals):
+        return "text"
+    return "scalar"
+
+
 def build_tables(groups: Sequence[Group], *, compact: bool = False) -> list[Table]:
     """One :class:`Table` per experiment. ``compact`` (terminal): only the experiment's
-    ``table_metrics`` when it declares them, long lists shortened."""
+    ``table_metrics`` when it declares them, no per-component tables."""
     tables = []
     experiments = list(dict.fromkeys(g.experiment for g in groups))
     for experiment in experiments:
@@ -187,6 +219,7 @@ def build_tables(groups: Sequence[Group], *, compact: bool = False) -> list[Tabl
                         and not isinstance(v, dict)
                     ):
                         keys.append(k)
+        kinds = {k: _kind(k, [v for g in members for v in g.values(k)]) for k in keys}
         declared = [k for k in table_metrics_of(experiment) if k in keys]
         if compact and declared:
             keys = declared
@@ -199,6 +232,8 @@ def build_tables(groups: Sequence[Group], *, compact: bool = False) -> list[Tabl
         if any(c != g.formulation for c, g in zip(columns, members, strict=True)):
             rows.append(("formulation", [g.formulation for g in members]))
         for key in keys:
+            if kinds[key] != "scalar" and not (compact and key in declared):
+                continue
             rows.append((key, [summarize(g.values(key), compact=compact) for g in members]))
         for key in TAIL:
             if compact and key == "epochs":
@@ -216,10 +251,133 @@ def build_tables(groups: Sequence[Group], *, compact: bool = False) -> list[Tabl
             ]
         else:
             notes = [f"{g.label}: {line}" for g in members for line in g.diagnostics()]
-        tables.append(
-            Table(experiment, columns, rows, notes, sum(len(g.runs) for g in members), corner)
-        )
+        table = Table(experiment, columns, rows, notes, sum(len(g.runs) for g in members), corner)
+        if not compact:
+            arrays = [k for k in keys if kinds[k] == "array"]
+            names = [k for k in keys if kinds[k] == "names"]
+            table.arrays = _array_tables(experiment, members, arrays, names)
+            table.texts = [
+                f"{g.label}: {key}: {text}"
+                for key in keys
+                if kinds[key] == "text" and key not in CERTIFICATE_KEYS
+                for g in members
+                for text in dict.fromkeys(str(v) for v in g.values(key))
+            ]
+            table.certificates = [
+                (g.label, lines) for g in members if (lines := certificate_sentences(g))
+            ]
+        tables.append(table)
     return tables
+
+
+def _array_tables(
+    experiment: str, members: Sequence[Group], arrays: Sequence[str], names: Sequence[str]
+) -> list[Table]:
+    """One table per list length: a row per (metric, group), a column per component,
+    named by the first list of strings of that length (``groups``, ``*_names``)."""
+    by_length: dict[int, list[tuple[str, Group, list[list[Any]]]]] = {}
+    for key in arrays:
+        for g in members:
+            lists = [v for v in g.values(key) if isinstance(v, list)]
+            if not lists:
+                continue
+            length = Counter(len(v) for v in lists).most_common(1)[0][0]
+            if length == 0:
+                continue
+            by_length.setdefault(length, []).append(
+                (key, g, [v for v in lists if len(v) == length])
+            )
+    tables = []
+    several = len(members) > 1
+    for length, entries in by_length.items():
+        header = next(
+            (
+                (key, [str(x) for x in v])
+                for key in names
+                for g in members
+                for v in g.values(key)
+                if isinstance(v, list) and len(v) == length
+            ),
+            None,
+        )
+        columns = header[1] if header is not None else [str(i) for i in range(length)]
+        corner = f"metric \\ {header[0]}" if header is not None else "metric \\ component"
+        rows = []
+        for key, g, lists in entries:
+            label = f"{key} ({g.label})" if several else key
+            cells = [summarize([v[i] for v in lists]) for i in range(length)]
+            rows.append((label, cells))
+        title = f"{experiment}: per-component values ({length} each)"
+        if length > 6 and len(rows) < length:  # long and few: components as rows
+            what = header[0] if header is not None else "component"
+            rows, columns = (
+                [(c, [cells[i] for _, cells in rows]) for i, c in enumerate(columns)],
+                [label for label, _ in rows],
+            )
+            corner = f"{what} \\ metric"
+        tables.append(Table(title, columns, rows, corner=corner, num_runs=0))
+    return tables
+
+
+def _sentences(text: str) -> list[str]:
+    parts = [p.strip() for p in text.replace("; ", ". ").split(". ") if p.strip()]
+    return [p if p.endswith(".") else p + "." for p in parts]
+
+
+def certificate_sentences(group: Group) -> list[str]:
+    """Short sentences on a group's certificates: per constraint, the verdict over the
+    runs and what relaxing it would buy (from each run's ``certificate.json``; else the
+    ``certificate_summary`` metric split into sentences)."""
+    certificates = []
+    for r in group.runs:
+        path = r.path / CERTIFICATE_FILE
+        if path.is_file():
+            try:
+                certificates.append(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError):
+                continue  # unreadable: the summary metric stands in
+    if not certificates:
+        lines: list[str] = []
+        for r in group.runs:
+            text = (r.metrics or {}).get("certificate_summary")
+            if isinstance(text, str):
+                for sentence in _sentences(text):
+                    label = f"seed {r.seed}: {sentence}" if len(group.runs) > 1 else sentence
+                    lines.append(label)
+        return list(dict.fromkeys(lines))
+    names = list(dict.fromkeys(k for c in certificates for k in c.get("constraints", {})))
+    if not names:
+        return ["No constraints to certify."]
+    n = len(certificates)
+    level = f"{certificates[0].get('confidence', 0.95):.0%}"
+    out = [f"{level} confidence intervals on held-out data, {n} run{'s' if n != 1 else ''}:"]
+    for name in names:
+        entries = [c["constraints"][name] for c in certificates if name in c.get("constraints", {})]
+        size = len(entries[0].get("verdicts") or [1])
+        tolerance = float(entries[0].get("tolerance") or 0.0)
+        phrases = {
+            "satisfied": f"holds within tolerance {tolerance:g}",
+            "violated": f"is violated beyond tolerance {tolerance:g}",
+            "cannot tell": f"the data cannot tell whether it holds within tolerance {tolerance:g}",
+        }
+        verdicts = Counter(e.get("verdict", "?") for e in entries)
+        told = "; ".join(
+            f"{phrases.get(v, v)} ({k} of {len(entries)} runs)" for v, k in verdicts.most_common()
+        )
+        what = f"{name} ({size} components)" if size > 1 else name
+        out.append(f"{what}: {told}.")
+        prices = [max(e.get("price_per_unit_relaxation") or [0.0]) for e in entries]
+        if max(prices) > 0:
+            step = max(tolerance, 1e-2)
+            gain = summarize([p * step for p in prices])
+            out.append(
+                f"Relaxing {name} by {step:g} would improve the optimal objective by about "
+                f"{gain} (largest |multiplier| {summarize(prices)})."
+            )
+    gaps = [c["duality_gap"]["gap"] for c in certificates if c.get("duality_gap")]
+    if gaps:
+        out.append(f"Empirical duality gap ≈ {summarize(gaps)}.")
+    return out
 
 
 def _columns(labels: list[str]) -> tuple[str, list[str]]:
@@ -259,18 +417,18 @@ def render_text(tables: Sequence[Table], *, title: str = "") -> str:
 
 def render_markdown(tables: Sequence[Table], *, level: int = 3) -> list[str]:
     """One Markdown table (with a heading) per experiment."""
-    out = []
-    for table in tables:
-        lines = [
-            f"{'#' * level} {table.experiment}",
-            "",
-            f"| {_md(table.corner)} | " + " | ".join(_md(c) for c in table.columns) + " |",
-            "|---|" + "---|" * len(table.columns),
-        ]
-        for name, cells in table.rows:
-            lines.append(f"| {_md(name)} | " + " | ".join(_md(c) for c in cells) + " |")
-        out.append("\n".join(lines))
-    return out
+    return [f"{'#' * level} {table.experiment}\n\n" + markdown_table(table) for table in tables]
+
+
+def markdown_table(table: Table) -> str:
+    """``table`` as a Markdown table (no heading)."""
+    lines = [
+        f"| {_md(table.corner)} | " + " | ".join(_md(c) for c in table.columns) + " |",
+        "|---|" + "---|" * len(table.columns),
+    ]
+    for name, cells in table.rows:
+        lines.append(f"| {_md(name)} | " + " | ".join(_md(c) for c in cells) + " |")
+    return "\n".join(lines)
 
 
 def _md(text: str) -> str:

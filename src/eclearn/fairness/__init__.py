@@ -1,6 +1,6 @@
 """Fairness helpers: COMPAS data (pandas, scikit-learn), group-conditional rates (torch), the
 fair logistic regression engine (:mod:`~eclearn.fairness.training`) and its scikit-learn
-estimator :class:`FairClassifier`. The ``eclearn run fairness`` experiment lives in
+estimators :class:`FairClassifier` and :class:`FairRegressor`. The ``eclearn run fairness`` experiment lives in
 :mod:`eclearn.fairness.experiment` (imported by the runner, not here: it needs pydantic)."""
 
 from eclearn.fairness.data import (
@@ -13,7 +13,15 @@ from eclearn.fairness.data import (
     compas_split,
     load_compas,
 )
-from eclearn.fairness.estimator import CONSTRAINTS, FairClassifier, SensitiveFeaturesError
+from eclearn.fairness._base import FairnessConvergenceWarning
+from eclearn.fairness.estimator import (
+    CONSTRAINTS,
+    ClassifierStatistics,
+    FairClassifier,
+    SensitiveFeaturesError,
+)
+from eclearn.fairness.groups import MAX_GROUPS, MIN_GROUP_SIZE, GroupEncoder, UnseenGroupWarning
+from eclearn.fairness.regressor import REGRESSION_CONSTRAINTS, FairRegressor, RegressorStatistics
 from eclearn.fairness.rates import (
     SURROGATES,
     demographic_parity_gap,
@@ -38,6 +46,15 @@ __all__ = [
     "COMPAS_FILE",
     "COMPAS_SHA256",
     "CONSTRAINTS",
+    "MAX_GROUPS",
+    "MIN_GROUP_SIZE",
+    "REGRESSION_CONSTRAINTS",
+    "ClassifierStatistics",
+    "FairRegressor",
+    "FairnessConvergenceWarning",
+    "GroupEncoder",
+    "RegressorStatistics",
+    "UnseenGroupWarning",
     "FORMULATIONS",
     "GROUPS",
     "JUVENILE_EDGES",

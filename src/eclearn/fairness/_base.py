@@ -363,8 +363,8 @@ class FairBase:
                 f"the {data}; the returned model is the least violating one. Worst on the "
                 f"training data: group {self.worst_group_!r} ({worst_name}), violation "
                 f"{worst_value:.3g}. Try: more iterations (max_iter), a smaller "
-                "learning_rate, a larger selection_tolerance, or an inequality form "
-                "(equality=False, tolerance=ε); check the group is not too small for the "
+                "learning_rate, a larger selection_tolerance, or a looser constraint "
+                "(e.g. equality=False with tolerance=ε); check the group is not too small for the "
                 "tolerance.",
                 FairnessConvergenceWarning,
                 stacklevel=5,

@@ -275,10 +275,11 @@ class GroupScaledAdam(ecl.dual.Adam):
         return delta, state
 
 
+GROUP_SCALE_POWER = 0.5
 def group_scale(shares: np.ndarray, repeat: int, constraints: int) -> Tensor:
-    """``sqrt(share_k / max share)`` for every entry of ``constraints`` constraints of
+    """``(share_k / max share)^½`` for every entry of ``constraints`` constraints of
     ``len(shares) · repeat`` entries (group-major, ``repeat`` entries per group)."""
-    s = np.sqrt(shares / shares.max())
+    s = (shares / shares.max()) ** GROUP_SCALE_POWER
     return torch.as_tensor(np.tile(np.repeat(s, repeat), constraints), dtype=torch.float64)
 
 

@@ -157,8 +157,8 @@ class FairBase:
         )
         full = full or batch_size >= len(train_rows)
         dtype = torch.float64 if full else torch.float32
-        mean = X[train_rows].mean(0) if full else _chunked_mean(X, train_rows)
-        scale = X[train_rows].std(0) if full else _chunked_std(X, train_rows, mean)
+        mean = _chunked_mean(X, train_rows, weight)
+        scale = _chunked_std(X, train_rows, mean, weight)
         scale = np.where(scale > 0, scale, 1.0)
         target_t = torch.as_tensor(target)
         data = Data(
@@ -187,7 +187,7 @@ class FairBase:
             dtype=dtype,
         )
         lr = self._learning_rate(full)
-        decay = float(self.alpha) / max(len(train_rows), 1)
+        decay = float(self.alpha) / max(float(weight[train_rows].sum()), 1e-12)
         weights = [p for p in model.parameters() if p.dim() > 1]
         others = [p for p in model.parameters() if p.dim() <= 1]
         optimizer = torch.optim.Adam(
@@ -310,13 +310,13 @@ class FairBase:
             raise ValueError(f"sample_weight has shape {w.shape}, expected ({n},)")
         if not np.all(np.isfinite(w)) or (w < 0).any() or w.sum() <= 0:
             raise ValueError("sample_weight must be finite, ≥ 0 and not all zero")
-        return w * (n / w.sum())  # mean 1: learning rates mean the same with or without
+        return w
 
     def _learning_rate(self, full: bool) -> float:
         if self.learning_rate != "auto":
             return float(self.learning_rate)
         if self._linear():
-            return 0.2 if full else 0.02
+            return 0.2 if full else 0.1
         return 0.01 if full else 0.003
 
     def _exact_every(self, steps_per_epoch: int) -> int:
@@ -405,18 +405,21 @@ class FairBase:
         return out
 
 
-def _chunked_mean(X: np.ndarray, rows: np.ndarray) -> np.ndarray:
+def _chunked_mean(X: np.ndarray, rows: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Weighted column means over ``rows``, a chunk at a time (no copy of the data)."""
     total = np.zeros(X.shape[1])
     for start in range(0, len(rows), CHUNK_ROWS):
-        total += X[rows[start : start + CHUNK_ROWS]].sum(0)
-    return total / max(len(rows), 1)
+        part = rows[start : start + CHUNK_ROWS]
+        total += w[part] @ X[part]
+    return total / max(float(w[rows].sum()), 1e-300)
 
 
-def _chunked_std(X: np.ndarray, rows: np.ndarray, mean: np.ndarray) -> np.ndarray:
+def _chunked_std(X: np.ndarray, rows: np.ndarray, mean: np.ndarray, w: np.ndarray) -> np.ndarray:
     total = np.zeros(X.shape[1])
     for start in range(0, len(rows), CHUNK_ROWS):
-        total += ((X[rows[start : start + CHUNK_ROWS]] - mean) ** 2).sum(0)
-    return np.sqrt(total / max(len(rows), 1))
+        part = rows[start : start + CHUNK_ROWS]
+        total += w[part] @ ((X[part] - mean) ** 2)
+    return np.sqrt(total / max(float(w[rows].sum()), 1e-300))
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:

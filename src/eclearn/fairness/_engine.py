@@ -173,7 +173,8 @@ class Data:
         group: Tensor,
         dtype: torch.dtype,
     ) -> None:
-        self.x = torch.from_numpy(np.ascontiguousarray(x))
+        x = np.ascontiguousarray(x)
+        self.x = torch.from_numpy(x if x.flags.writeable else x.copy())
         self.mean = torch.as_tensor(mean, dtype=dtype)
         self.scale = torch.as_tensor(scale, dtype=dtype)
         self.target, self.weight, self.group = target, weight, group

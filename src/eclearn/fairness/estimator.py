@@ -77,7 +77,7 @@ CONSTRAINTS: tuple[str, ...] = ("demographic_parity", "equalized_odds", "prescri
 class ClassifierStatistics:
     """``evaluate(model, batch, exact=False)`` of a fair classifier (binary or multiclass).
 
-    Batches hold ``x``, ``y`` (class codes), ``w`` (sample weights, mean 1 over the data),
+    Batches hold ``x``, ``y`` (class codes), ``w`` (sample weights),
     ``group`` and, for training rows in mini-batch mode, ``index`` (the row's position
     among the training rows). The objective is the weighted mean cross-entropy as a
     :class:`~eclearn.Ratio`. Every gap statistic is ``Ratio(Σ w_i ind_i c_i, Σ w_i / W)``
@@ -286,7 +286,7 @@ class FairClassifier(FairBase, ClassifierMixin, BaseEstimator):
         The smoothed decision the primal step differentiates (multiclass:
         ``softmax(T/4 · logits)``) and what the multipliers follow.
     learning_rate : float or "auto"
-        Adam step. ``"auto"``: 0.2 (logistic, full batch), 0.02 (logistic, mini-batch),
+        Adam step. ``"auto"``: 0.2 (logistic, full batch), 0.1 (logistic, mini-batch),
         0.01 / 0.003 (other models, full / mini-batch).
     dual_learning_rate : float
         Adam-ascent step of the multipliers (scaled per group by ``sqrt(share_k / max
@@ -431,7 +431,7 @@ class FairClassifier(FairBase, ClassifierMixin, BaseEstimator):
         classes, y_codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
             raise ValueError(
-                f"y has a single class ({classes.tolist()}); a classifier needs at least two"
+                f"y has 1 class ({classes.tolist()}); a classifier needs at least two"
             )
         if len(classes) > 2 and formulation in ("equalized-odds", "prescribed-rate"):
             raise ValueError(

@@ -104,11 +104,9 @@ class GroupEncoder:
             for column in frame.columns:
                 distinct = frame[column].nunique()
                 if distinct > self.max_groups:
-                    kind = (
-                        "continuous"
-                        if pd.api.types.is_float_dtype(frame[column])
-                        else "of too many values"
-                    )
+                    numbers = pd.to_numeric(frame[column], errors="coerce")
+                    continuous = bool(numbers.notna().all() and (numbers % 1 != 0).any())
+                    kind = "continuous" if continuous else "like an identifier"
                     raise SensitiveFeaturesError(
                         f"sensitive feature {column!r} has {distinct} distinct values (> "
                         f"max_groups={self.max_groups}); it looks {kind}. Bin it into a few "

@@ -35,6 +35,7 @@ from eclearn.fairness.groups import GroupEncoder, SensitiveFeaturesError
 __all__ = ["FairnessConvergenceWarning", "FairBase"]
 
 WARM_START_MAX_ROWS = 50_000
+FLOAT64_MAX_ROWS = FULL_BATCH_MAX_ROWS  # full batch: float64; mini-batches: float32
 
 
 class FairnessConvergenceWarning(ConvergenceWarning):
@@ -156,7 +157,7 @@ class FairBase:
             else (DEFAULT_BATCH_SIZE if self.batch_size in ("auto", None) else int(self.batch_size))
         )
         full = full or batch_size >= len(train_rows)
-        dtype = torch.float64 if full else torch.float32
+        dtype = torch.float64 if full and len(train_rows) <= FLOAT64_MAX_ROWS else torch.float32
         mean = _chunked_mean(X, train_rows, weight)
         scale = _chunked_std(X, train_rows, mean, weight)
         scale = np.where(scale > 0, scale, 1.0)
@@ -316,7 +317,7 @@ class FairBase:
         if self.learning_rate != "auto":
             return float(self.learning_rate)
         if self._linear():
-            return 0.2 if full else 0.1
+            return 0.2 if full else 0.01
         return 0.01 if full else 0.003
 
     def _exact_every(self, steps_per_epoch: int) -> int:

@@ -55,7 +55,7 @@ __all__ = [
     "stratified_split",
 ]
 
-FULL_BATCH_MAX_ROWS = 50_000
+FULL_BATCH_MAX_ROWS = 200_000
 DEFAULT_BATCH_SIZE = 2048
 CHUNK_ROWS = 65_536
 ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {

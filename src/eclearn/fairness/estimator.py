@@ -144,12 +144,25 @@ class ClassifierStatistics:
             return indicator(torch.sigmoid(logits), self.surrogate, self.temperature)
         return torch.softmax(0.25 * self.temperature * logits, dim=1)
 
+    def _cells(self, batch: Mapping[str, Tensor], dtype: torch.dtype) -> Tensor:
+        """``[n, K]`` weighted group indicator of a batch (kept for the batch served
+        every step in full-batch mode: the same tensors come back)."""
+        group, w = batch["group"], batch["w"]
+        key = (group, w, dtype)
+        cached = getattr(self, "_cell_cache", None)
+        if cached is not None and all(a is b for a, b in zip(cached[0], key)):
+            return cached[1]
+        cells = F.one_hot(group.long(), self.k).to(dtype) * w.to(dtype)[:, None]
+        if len(group) > 4096:
+            self._cell_cache = (key, cells)
+        return cells
+
     def raw(self, ind: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
         """Numerators of the statistics (flat): gaps with full-data contrasts, or the
         weighted positive counts of prescribed rates."""
         dtype = ind.dtype
         w = batch["w"].to(dtype)
-        cells = F.one_hot(batch["group"].long(), self.k).to(dtype) * w[:, None]
+        cells = self._cells(batch, dtype)
         f = self.formulation
         if f == "prescribed-rate":
             return cells.T @ ind
@@ -174,8 +187,7 @@ class ClassifierStatistics:
         if f == "prescribed-rate":
             if batch is None:
                 return {"positive_rate": raw / self.group_weight.to(raw)}
-            cells = F.one_hot(batch["group"].long(), self.k).to(raw.dtype)
-            return {"positive_rate": Ratio(raw, cells.T @ batch["w"].to(raw.dtype))}
+            return {"positive_rate": Ratio(raw, self._cells(batch, raw.dtype).sum(0))}
         if batch is None:
             parts = {"": raw}
         else:
@@ -286,7 +298,7 @@ class FairClassifier(FairBase, ClassifierMixin, BaseEstimator):
         The smoothed decision the primal step differentiates (multiclass:
         ``softmax(T/4 · logits)``) and what the multipliers follow.
     learning_rate : float or "auto"
-        Adam step. ``"auto"``: 0.2 (logistic, full batch), 0.1 (logistic, mini-batch),
+        Adam step. ``"auto"``: 0.2 (logistic, full batch), 0.01 (logistic, mini-batch),
         0.01 / 0.003 (other models, full / mini-batch).
     dual_learning_rate : float
         Adam-ascent step of the multipliers (scaled per group by ``sqrt(share_k / max
@@ -294,7 +306,7 @@ class FairClassifier(FairBase, ClassifierMixin, BaseEstimator):
     max_iter : int
         Most steps (full batch) or epochs (mini-batch).
     batch_size : int or "auto"
-        ``"auto"``: full batch up to 50 000 training rows, else mini-batches of 2048.
+        ``"auto"``: full batch up to 200 000 training rows, else mini-batches of 2048.
     exact_every : int or "auto"
         Mini-batch mode: steps between selection passes (full passes over the training or
         validation rows). ``"auto"``: ``max(100, steps per epoch // 4)``.

@@ -57,8 +57,12 @@ def fit_case(method: str, xtr, ytr, gtr, model: str = "logistic", **options):
             from eclearn.fairness import FairClassifier
 
             est = FairClassifier(model=model, **options).fit(xtr, ytr, sensitive_features=gtr)
-            extra = {"steps": est.n_steps_, "feasible": bool(est.feasible_),
-                     "batch_size": est.batch_size_, "rate_swing": est.rate_swing_}
+            extra = {
+                "steps": est.n_steps_,
+                "feasible": bool(est.feasible_),
+                "batch_size": est.batch_size_,
+                "rate_swing": est.rate_swing_,
+            }
             predict = est.predict
         else:
             from fairlearn.reductions import DemographicParity, ExponentiatedGradient
@@ -78,6 +82,7 @@ def fit_case(method: str, xtr, ytr, gtr, model: str = "logistic", **options):
 
             def predict(x):
                 return est.predict(scaler.transform(x), random_state=0)
+
     return est, predict, time.perf_counter() - began, extra
 
 
@@ -106,19 +111,32 @@ def main(argv=None) -> int:
         row["options"] = options
         _, predict, sec, extra = fit_case(args.method, xtr, ytr, gtr, **options)
         pte = predict(xte)
-        row.update(rows=n, seed=args.seed, fit_seconds=sec, data_mb=xtr.nbytes / 2**20,
-                   rss_before_fit_mb=base_rss, peak_rss_mb=peak_rss_mb(),
-                   test_accuracy=float((pte == yte).mean()), test_disparity=disparity(pte, gte),
-                   train_disparity=disparity(predict(xtr), gtr), **extra)
+        row.update(
+            rows=n,
+            seed=args.seed,
+            fit_seconds=sec,
+            data_mb=xtr.nbytes / 2**20,
+            rss_before_fit_mb=base_rss,
+            peak_rss_mb=peak_rss_mb(),
+            test_accuracy=float((pte == yte).mean()),
+            test_disparity=disparity(pte, gte),
+            train_disparity=disparity(predict(xtr), gtr),
+            **extra,
+        )
     elif args.case == "compas-mlp":
         from eclearn.fairness import compas_split
 
         d = compas_split(args.split, args.data)
         _, predict, sec, extra = fit_case(args.method, d.x_train, d.y_train, d.g_train, "mlp")
         pte = predict(d.x_test)
-        row.update(split=args.split, fit_seconds=sec, test_accuracy=float((pte == d.y_test).mean()),
-                   test_disparity=disparity(pte, d.g_test),
-                   train_disparity=disparity(predict(d.x_train), d.g_train), **extra)
+        row.update(
+            split=args.split,
+            fit_seconds=sec,
+            test_accuracy=float((pte == d.y_test).mean()),
+            test_disparity=disparity(pte, d.g_test),
+            train_disparity=disparity(predict(d.x_train), d.g_train),
+            **extra,
+        )
     else:
         rng = np.random.default_rng(args.seed)
         n = 5000
@@ -147,8 +165,12 @@ def main(argv=None) -> int:
                     LinearRegression(), BoundedGroupLoss(SquareLoss(0, 1), upper_bound=bound)
                 )
                 est.fit(x[tr], y[tr], sensitive_features=g[tr])
+
                 def predict(z, est=est):  # the randomized predictor's expected output
-                    return sum(w * p.predict(z) for w, p in zip(est.weights_, est.predictors_))
+                    return sum(
+                        w * p.predict(z) for w, p in zip(est.weights_, est.predictors_, strict=True)
+                    )
+
         sec = time.perf_counter() - began
         from sklearn.linear_model import LinearRegression
 
@@ -157,11 +179,15 @@ def main(argv=None) -> int:
         def group_losses(pred, mask):
             return [float(((pred - y)[mask & (g == k)] ** 2).mean()) for k in range(3)]
 
-        row.update(seed=args.seed, bound=bound, fit_seconds=sec,
-                   train_group_loss=group_losses(predict(x), tr),
-                   test_group_loss=group_losses(predict(x), ~tr),
-                   test_mse=float(((predict(x) - y)[~tr] ** 2).mean()),
-                   unconstrained_train_group_loss=group_losses(plain.predict(x), tr))
+        row.update(
+            seed=args.seed,
+            bound=bound,
+            fit_seconds=sec,
+            train_group_loss=group_losses(predict(x), tr),
+            test_group_loss=group_losses(predict(x), ~tr),
+            test_mse=float(((predict(x) - y)[~tr] ** 2).mean()),
+            unconstrained_train_group_loss=group_losses(plain.predict(x), tr),
+        )
     line = json.dumps(row)
     print(line, flush=True)
     if args.out:

@@ -56,7 +56,12 @@ class Small(nn.Module):
 
 @pytest.mark.parametrize(
     "model",
-    ["logistic", "mlp", Small(4), lambda d: nn.Sequential(nn.Linear(d, 8), nn.ReLU(), nn.Linear(8, 1))],
+    [
+        "logistic",
+        "mlp",
+        Small(4),
+        lambda d: nn.Sequential(nn.Linear(d, 8), nn.ReLU(), nn.Linear(8, 1)),
+    ],
     ids=["logistic", "mlp", "module", "factory"],
 )
 def test_every_model_kind_meets_demographic_parity(data, model):
@@ -100,7 +105,9 @@ def test_multiclass_statistics_match_hand_computed_rates():
         for cls in range(c):
             m = g.numpy() == group
             wn = w.numpy()
-            hand = (wn[m] * (pred[m] == cls)).sum() / wn[m].sum() - (wn * (pred == cls)).sum() / wn.sum()
+            hand = (wn[m] * (pred[m] == cls)).sum() / wn[m].sum() - (
+                wn * (pred == cls)
+            ).sum() / wn.sum()
             assert value[group, cls] == pytest.approx(hand, abs=1e-12)
 
 
@@ -139,7 +146,15 @@ def test_minibatch_running_rates_are_exact_after_a_pass(data):
         "label_group_weight": np.zeros((2, 3)),
     }
     stats = ClassifierStatistics("dp-equality", 3, 2, totals, running=True, num_rows=len(x))
-    d = Data(x, x.mean(0), x.std(0), torch.as_tensor(y), torch.as_tensor(w), torch.as_tensor(codes), torch.float32)
+    d = Data(
+        x,
+        x.mean(0),
+        x.std(0),
+        torch.as_tensor(y),
+        torch.as_tensor(w),
+        torch.as_tensor(codes),
+        torch.float32,
+    )
     rows = torch.arange(len(x))
     model = nn.Linear(4, 1)
     stats.start_running(model, d, rows)
@@ -189,7 +204,7 @@ def test_group_errors_and_unseen_groups(data):
     few[:5] = "tiny"
     with pytest.raises(SensitiveFeaturesError, match=r"'tiny' \(5 rows\).*min_group_size=10"):
         FairClassifier(max_iter=5).fit(x, y, sensitive_features=few)
-    with pytest.raises(SensitiveFeaturesError, match="looks continuous.*pandas.cut"):
+    with pytest.raises(SensitiveFeaturesError, match=r"looks continuous.*pandas\.cut"):
         FairClassifier(max_iter=5).fit(x, y, sensitive_features=x[:, 0])
     inter = np.stack([a, np.where(np.arange(len(a)) % 2, "F", "M")], 1)
     clf = FairClassifier(max_iter=100).fit(x, y, sensitive_features=inter)

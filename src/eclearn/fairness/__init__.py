@@ -3,6 +3,7 @@ fair logistic regression engine (:mod:`~eclearn.fairness.training`) and its scik
 estimators :class:`FairClassifier` and :class:`FairRegressor`. The ``eclearn run fairness`` experiment lives in
 :mod:`eclearn.fairness.experiment` (imported by the runner, not here: it needs pydantic)."""
 
+from eclearn.fairness._base import FairnessConvergenceWarning
 from eclearn.fairness.data import (
     COMPAS_FILE,
     COMPAS_SHA256,
@@ -13,7 +14,6 @@ from eclearn.fairness.data import (
     compas_split,
     load_compas,
 )
-from eclearn.fairness._base import FairnessConvergenceWarning
 from eclearn.fairness.estimator import (
     CONSTRAINTS,
     ClassifierStatistics,
@@ -21,7 +21,6 @@ from eclearn.fairness.estimator import (
     SensitiveFeaturesError,
 )
 from eclearn.fairness.groups import MAX_GROUPS, MIN_GROUP_SIZE, GroupEncoder, UnseenGroupWarning
-from eclearn.fairness.regressor import REGRESSION_CONSTRAINTS, FairRegressor, RegressorStatistics
 from eclearn.fairness.rates import (
     SURROGATES,
     demographic_parity_gap,
@@ -34,6 +33,7 @@ from eclearn.fairness.rates import (
     positive_rate,
     true_positive_rate,
 )
+from eclearn.fairness.regressor import REGRESSION_CONSTRAINTS, FairRegressor, RegressorStatistics
 from eclearn.fairness.training import (
     FORMULATIONS,
     FairnessEvaluate,
@@ -46,25 +46,25 @@ __all__ = [
     "COMPAS_FILE",
     "COMPAS_SHA256",
     "CONSTRAINTS",
-    "MAX_GROUPS",
-    "MIN_GROUP_SIZE",
-    "REGRESSION_CONSTRAINTS",
-    "ClassifierStatistics",
-    "FairRegressor",
-    "FairnessConvergenceWarning",
-    "GroupEncoder",
-    "RegressorStatistics",
-    "UnseenGroupWarning",
     "FORMULATIONS",
     "GROUPS",
     "JUVENILE_EDGES",
+    "MAX_GROUPS",
+    "MIN_GROUP_SIZE",
     "PRIORS_EDGES",
+    "REGRESSION_CONSTRAINTS",
     "SURROGATES",
+    "ClassifierStatistics",
     "CompasSplit",
     "FairClassifier",
+    "FairRegressor",
     "FairTraining",
+    "FairnessConvergenceWarning",
     "FairnessEvaluate",
+    "GroupEncoder",
+    "RegressorStatistics",
     "SensitiveFeaturesError",
+    "UnseenGroupWarning",
     "build_constraints",
     "compas_split",
     "demographic_parity_gap",

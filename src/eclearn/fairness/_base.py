@@ -32,7 +32,7 @@ from eclearn.fairness._engine import (
 )
 from eclearn.fairness.groups import GroupEncoder, SensitiveFeaturesError
 
-__all__ = ["FairnessConvergenceWarning", "FairBase"]
+__all__ = ["FairBase", "FairnessConvergenceWarning"]
 
 WARM_START_MAX_ROWS = 50_000
 FLOAT64_MAX_ROWS = FULL_BATCH_MAX_ROWS  # full batch: float64; mini-batches: float32
@@ -92,9 +92,7 @@ class FairBase:
         ):
             raise ValueError(f"batch_size must be 'auto' or an int ≥ 1, got {self.batch_size!r}")
         vf = self.validation_fraction
-        if vf != "auto" and vf is not None and not (
-            isinstance(vf, numbers.Real) and 0 <= vf < 1
-        ):
+        if vf != "auto" and vf is not None and not (isinstance(vf, numbers.Real) and 0 <= vf < 1):
             raise ValueError(f"validation_fraction must be 'auto', None or in [0, 1), got {vf!r}")
         if self.selection not in ("best-feasible", "last"):
             raise ValueError(f"selection={self.selection!r}: choose 'best-feasible' or 'last'")
@@ -212,9 +210,9 @@ class FairBase:
             batches = MiniBatches(data, rows_t, batch_size, seed)
             warm_rows = rows_t
             if len(rows_t) > WARM_START_MAX_ROWS:
-                pick = torch.randperm(
-                    len(rows_t), generator=torch.Generator().manual_seed(seed)
-                )[:WARM_START_MAX_ROWS]
+                pick = torch.randperm(len(rows_t), generator=torch.Generator().manual_seed(seed))[
+                    :WARM_START_MAX_ROWS
+                ]
                 warm_rows = rows_t[pick.sort().values]
             warm_batch = data.batch(warm_rows)
         callbacks: list[Any] = [

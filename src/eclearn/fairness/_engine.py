@@ -34,7 +34,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -202,7 +202,7 @@ class LazyBatch(Mapping):
         self._data, self._rows, self._index = data, rows, index
         self._keys = ("x", "y", "w", "group") + (("index",) if index is not None else ())
 
-    _slot: list[Any] = [None, None]  # the one batch built last (shared by all)
+    _slot: ClassVar[list[Any]] = [None, None]  # the one batch built last (shared by all)
 
     def _built(self) -> dict[str, Tensor]:
         slot = LazyBatch._slot
@@ -277,6 +277,8 @@ class GroupScaledAdam(ecl.dual.Adam):
 
 
 GROUP_SCALE_POWER = 0.5
+
+
 def group_scale(shares: np.ndarray, repeat: int, constraints: int) -> Tensor:
     """``(share_k / max share)^½`` for every entry of ``constraints`` constraints of
     ``len(shares) · repeat`` entries (group-major, ``repeat`` entries per group)."""

@@ -150,7 +150,7 @@ class ClassifierStatistics:
         group, w = batch["group"], batch["w"]
         key = (group, w, dtype)
         cached = getattr(self, "_cell_cache", None)
-        if cached is not None and all(a is b for a, b in zip(cached[0], key)):
+        if cached is not None and all(a is b for a, b in zip(cached[0], key, strict=True)):
             return cached[1]
         cells = F.one_hot(group.long(), self.k).to(dtype) * w.to(dtype)[:, None]
         if len(group) > 4096:
@@ -442,9 +442,7 @@ class FairClassifier(FairBase, ClassifierMixin, BaseEstimator):
         y_type = type_of_target(y, input_name="y")
         classes, y_codes = np.unique(y, return_inverse=True)
         if len(classes) < 2:
-            raise ValueError(
-                f"y has 1 class ({classes.tolist()}); a classifier needs at least two"
-            )
+            raise ValueError(f"y has 1 class ({classes.tolist()}); a classifier needs at least two")
         if len(classes) > 2 and formulation in ("equalized-odds", "prescribed-rate"):
             raise ValueError(
                 f"constraint={self.constraint!r} is implemented for binary targets; y has "
@@ -501,14 +499,18 @@ class FairClassifier(FairBase, ClassifierMixin, BaseEstimator):
         if f == "unconstrained":
             return []
         if f == "dp-equality":
-            return [ecl.Equality("demographic_parity", size=k * (1 if c == 2 else c), tolerance=tol)]
+            return [
+                ecl.Equality("demographic_parity", size=k * (1 if c == 2 else c), tolerance=tol)
+            ]
         if f == "dp-tolerance":
             size = k * (1 if c == 2 else c)
             return [
-                ecl.Inequality("demographic_parity_upper", size=size, bound=self.tolerance,
-                               tolerance=tol),
-                ecl.Inequality("demographic_parity_lower", size=size, bound=self.tolerance,
-                               tolerance=tol),
+                ecl.Inequality(
+                    "demographic_parity_upper", size=size, bound=self.tolerance, tolerance=tol
+                ),
+                ecl.Inequality(
+                    "demographic_parity_lower", size=size, bound=self.tolerance, tolerance=tol
+                ),
             ]
         if f == "prescribed-rate":
             rates = torch.as_tensor(self._rate_, dtype=torch.float64).reshape(-1)

@@ -94,9 +94,7 @@ class GroupEncoder:
         self.min_group_size = int(min_group_size)
         self.max_groups = int(max_groups)
 
-    def fit_transform(
-        self, sensitive_features: Any, n: int, *, check: bool = True
-    ) -> np.ndarray:
+    def fit_transform(self, sensitive_features: Any, n: int, *, check: bool = True) -> np.ndarray:
         """Learn the groups of ``sensitive_features`` (``n`` rows); return their codes."""
         frame = sensitive_frame(sensitive_features, n)
         self.columns_ = [str(c) for c in frame.columns]
@@ -148,7 +146,7 @@ class GroupEncoder:
         index = {g: k for k, g in enumerate(self.groups_.tolist())}
         codes = np.array([index.get(v, -1) for v in labels.tolist()], dtype=np.int64)
         if (codes < 0).any():
-            unseen = sorted({repr(v) for v, c in zip(labels.tolist(), codes) if c < 0})
+            unseen = sorted({repr(v) for v, c in zip(labels.tolist(), codes, strict=True) if c < 0})
             warnings.warn(
                 f"group(s) {', '.join(unseen[:10])} were not in the training data: the "
                 "constraint was not enforced on them; they are reported separately "

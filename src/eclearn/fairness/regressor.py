@@ -183,8 +183,9 @@ class FairRegressor(FairBase, RegressorMixin, BaseEstimator):
         self._formulation_ = formulation
         self.y_mean_, self.y_scale_ = float(y.mean()), float(y.std() or 1.0)
         target = (y - self.y_mean_) / self.y_scale_
-        return self._fit(X, target, sensitive_features, sample_weight, n_outputs=1,
-                         strata_target=None)
+        return self._fit(
+            X, target, sensitive_features, sample_weight, n_outputs=1, strata_target=None
+        )
 
     def _totals(self, codes: np.ndarray, target: np.ndarray, w: np.ndarray, k: int) -> dict:
         return {"weight": w.sum(), "group_weight": np.bincount(codes, weights=w, minlength=k)}

@@ -95,13 +95,23 @@ def main(argv=None) -> int:
     parser.add_argument("--method", choices=["eclearn", "fairlearn"], default="eclearn")
     parser.add_argument("--data", default=os.environ.get("ECLEARN_DATA"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--cold", action="store_true", help="time the process's first fit")
     parser.add_argument("--set", nargs="*", default=[], help="FairClassifier KEY=VALUE options")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    row: dict = {"case": args.case, "method": args.method, "load": os.getloadavg()[0]}
+    if not args.cold:
+        # The first torch optimizer of a process imports torch._dynamo (≈1.5 s, torch's
+        # cost, see docs/fairness.md#cold-start): paid here, untimed, for both methods.
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+    row: dict = {
+        "case": args.case,
+        "method": args.method,
+        "load": os.getloadavg()[0],
+        "cold": bool(args.cold),
+    }
     if args.case == "scaling":
         x, y, g = synthetic(int(args.rows * 1.25), args.seed)
         n = args.rows

@@ -86,9 +86,51 @@ def fit_case(method: str, xtr, ytr, gtr, model: str = "logistic", **options):
     return est, predict, time.perf_counter() - began, extra
 
 
+def six_groups(seed: int):
+    """6 groups of 1500/1200/900/600/300/60 people, 6 features, group-shifted base rates."""
+    rng = np.random.default_rng(seed)
+    g = np.repeat(np.arange(6), [1500, 1200, 900, 600, 300, 60])
+    x = rng.normal(size=(len(g), 6))
+    x[:, 0] += 0.4 * g
+    logits = 1.2 * x[:, 0] - x[:, 1] + 0.5 * x[:, 2] - 1
+    y = (rng.random(len(g)) < 1 / (1 + np.exp(-logits))).astype(int)
+    return x, y, g
+
+
+def swing_case(args) -> dict:
+    """Exact-rate swing (max − min over the last 100 steps, largest component) of
+    ``FairClassifier()`` on COMPAS (race, 10 splits) and the 6-group set (seeds 0–4)."""
+    from eclearn.fairness import FairClassifier, compas_split
+
+    out: dict = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, sets in (
+            ("compas", [compas_split(s, args.data) for s in range(10)]),
+            ("six_groups", [six_groups(s) for s in range(5)]),
+        ):
+            rows = []
+            for item in sets:
+                x, y, g = (item.x_train, item.y_train, item.g_train) if name == "compas" else item
+                clf = FairClassifier().fit(x, y, sensitive_features=g)
+                smallest = f"value/demographic_parity[{int(np.argmin(np.bincount(g)))}]"
+                tail = clf.history_[smallest].to_numpy()[-100:]
+                rows.append(
+                    {
+                        "swing": clf.rate_swing_,
+                        "smallest_group_swing": float(np.ptp(tail)),
+                        "train_violation": clf.train_violation_,
+                        "feasible": bool(clf.feasible_),
+                        "steps": clf.n_steps_,
+                    }
+                )
+            out[name] = rows
+    return out
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=["scaling", "compas-mlp", "regression"])
+    parser.add_argument("case", choices=["scaling", "compas-mlp", "regression", "swing"])
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", type=int, default=0)
@@ -137,7 +179,11 @@ def main(argv=None) -> int:
         from eclearn.fairness import compas_split
 
         d = compas_split(args.split, args.data)
-        _, predict, sec, extra = fit_case(args.method, d.x_train, d.y_train, d.g_train, "mlp")
+        options = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        row["options"] = options
+        _, predict, sec, extra = fit_case(
+            args.method, d.x_train, d.y_train, d.g_train, "mlp", **options
+        )
         pte = predict(d.x_test)
         row.update(
             split=args.split,
@@ -147,6 +193,8 @@ def main(argv=None) -> int:
             train_disparity=disparity(predict(d.x_train), d.g_train),
             **extra,
         )
+    elif args.case == "swing":
+        row.update(swing_case(args))
     else:
         rng = np.random.default_rng(args.seed)
         n = 5000

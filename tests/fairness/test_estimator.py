@@ -46,6 +46,14 @@ NEEDS_SENSITIVE_FEATURES = (
     "check_positive_only_tag_during_fit",
     "check_readonly_memmap_input",
     "check_supervised_y_2d",
+    "check_sample_weights_pandas_series",
+    "check_sample_weights_not_an_array",
+    "check_sample_weights_list",
+    "check_all_zero_sample_weights_error",
+    "check_sample_weights_shape",
+    "check_sample_weights_not_overwritten",
+    "check_sample_weight_equivalence_on_dense_data",
+    "check_classifiers_one_label_sample_weights",
 )
 
 
@@ -206,7 +214,7 @@ def test_pandas_input_and_multi_column_groups(data):
         ({"equality": False}, {}, ValueError, "needs tolerance"),
         ({"constraint": "parity"}, {}, ValueError, "is unknown"),
         ({"learning_rate": -1.0}, {}, ValueError, "learning_rate must be"),
-        ({}, {"y": "multiclass"}, ValueError, "Only binary classification"),
+        ({"constraint": "equalized_odds"}, {"y": "multiclass"}, ValueError, "binary targets"),
         ({}, {"X": "nan"}, ValueError, "NaN"),
     ],
 )

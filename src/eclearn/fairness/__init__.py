@@ -1,8 +1,9 @@
 """Fairness helpers: COMPAS data (pandas, scikit-learn), group-conditional rates (torch), the
 fair logistic regression engine (:mod:`~eclearn.fairness.training`) and its scikit-learn
-estimator :class:`FairClassifier`. The ``eclearn run fairness`` experiment lives in
+estimators :class:`FairClassifier` and :class:`FairRegressor`. The ``eclearn run fairness`` experiment lives in
 :mod:`eclearn.fairness.experiment` (imported by the runner, not here: it needs pydantic)."""
 
+from eclearn.fairness._base import FairnessConvergenceWarning
 from eclearn.fairness.data import (
     COMPAS_FILE,
     COMPAS_SHA256,
@@ -13,7 +14,13 @@ from eclearn.fairness.data import (
     compas_split,
     load_compas,
 )
-from eclearn.fairness.estimator import CONSTRAINTS, FairClassifier, SensitiveFeaturesError
+from eclearn.fairness.estimator import (
+    CONSTRAINTS,
+    ClassifierStatistics,
+    FairClassifier,
+    SensitiveFeaturesError,
+)
+from eclearn.fairness.groups import MAX_GROUPS, MIN_GROUP_SIZE, GroupEncoder, UnseenGroupWarning
 from eclearn.fairness.rates import (
     SURROGATES,
     demographic_parity_gap,
@@ -26,6 +33,7 @@ from eclearn.fairness.rates import (
     positive_rate,
     true_positive_rate,
 )
+from eclearn.fairness.regressor import REGRESSION_CONSTRAINTS, FairRegressor, RegressorStatistics
 from eclearn.fairness.training import (
     FORMULATIONS,
     FairnessEvaluate,
@@ -41,13 +49,22 @@ __all__ = [
     "FORMULATIONS",
     "GROUPS",
     "JUVENILE_EDGES",
+    "MAX_GROUPS",
+    "MIN_GROUP_SIZE",
     "PRIORS_EDGES",
+    "REGRESSION_CONSTRAINTS",
     "SURROGATES",
+    "ClassifierStatistics",
     "CompasSplit",
     "FairClassifier",
+    "FairRegressor",
     "FairTraining",
+    "FairnessConvergenceWarning",
     "FairnessEvaluate",
+    "GroupEncoder",
+    "RegressorStatistics",
     "SensitiveFeaturesError",
+    "UnseenGroupWarning",
     "build_constraints",
     "compas_split",
     "demographic_parity_gap",

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
+import os
 import re
 import sys
 import types
@@ -98,7 +99,7 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: cannot read ({err.strerror})") from None
 
 
-def read_run_file(path: str | Path, *, preset: bool = False) -> RunFile:
+def read_run_file(path: str | os.PathLike[str], *, preset: bool = False) -> RunFile:
     """Read and check the layout of a preset (``preset=True``: ``experiment`` required) or
     of a user ``--config`` file. Config values are checked later, against the experiment."""
     path = Path(path)

@@ -253,6 +253,7 @@ def plan_resume(
         layers.append(Layer(f"--config {config_file}", user.config))
     layers += [Layer(f"--set {text}", dict([parse_override(text)])) for text in overrides]
     config = build_config(cls.Config, layers)
+    assert isinstance(config, ExperimentConfig)
     changed = changed_keys(original.model_dump(mode="json"), config.model_dump(mode="json"))
     frozen = {k: v for k, v in changed.items() if k not in cls.budget_keys}
     if frozen:
@@ -638,7 +639,7 @@ def _run(
         log(f"training: {_describe_budget(budget, total, solver.step)}")
         result = solver.fit(
             setup.train_batches,
-            **budget,
+            **budget,  # type: ignore[arg-type]  # max_steps/epochs: ints
             stopping=criteria,
             warn=False,
             callbacks=[*setup.callbacks, saver, bar],
@@ -921,10 +922,10 @@ class _Checkpointer(Callback):
         self.interrupt_at = interrupt_at
         self.began = time.perf_counter()
 
-    def on_fit_start(self, solver: PrimalDual) -> None:
+    def on_fit_start(self, solver: Any) -> None:
         self.began = time.perf_counter()
 
-    def on_step_end(self, solver: PrimalDual) -> None:
+    def on_step_end(self, solver: Any) -> None:
         if solver.step % self.every == 0 or solver.step == self.interrupt_at:
             self.save(solver, seconds=self.previous + time.perf_counter() - self.began)
         if solver.step == self.interrupt_at:
@@ -985,7 +986,7 @@ class _Progress(Callback):
         self.milestone = max(1, (total or 1000) // 10)
         self.began = time.perf_counter()
 
-    def on_fit_start(self, solver: PrimalDual) -> None:
+    def on_fit_start(self, solver: Any) -> None:
         self.began = time.perf_counter()
         if self.show:
             from tqdm import tqdm
@@ -1004,7 +1005,7 @@ class _Progress(Callback):
         row = solver.latest()
         return row.get("objective", math.nan), worst_violation(row, self.columns)
 
-    def on_step_end(self, solver: PrimalDual) -> None:
+    def on_step_end(self, solver: Any) -> None:
         step = solver.step
         if self.bar is not None:
             self.bar.update(1)
@@ -1021,7 +1022,7 @@ class _Progress(Callback):
                 f"{worst:.3g}, {time.perf_counter() - self.began:.1f}s"
             )
 
-    def on_fit_end(self, solver: PrimalDual, result: FitResult) -> None:
+    def on_fit_end(self, solver: Any, result: FitResult) -> None:
         if self.bar is not None:
             # A short run can end inside tqdm's refresh interval; draw the final state once.
             if solver.latest():

@@ -281,7 +281,7 @@ class ToyExperiment(Experiment):
         config: ToyConfig = setup.state["config"]
         kkt = setup.state["kkt"]
         model = setup.solver.model
-        theta = _parameters(model)  # type: ignore[arg-type]
+        theta = _parameters(model)
         s = statistics(setup.state["train"])
         train_objective = objective_of(theta, s)
         eq_violation = apply(s["group_mean"], theta) - config.target
@@ -344,7 +344,7 @@ class ToyExperiment(Experiment):
         model = setup.solver.model
         kkt = setup.state["kkt"]
         config: ToyConfig = setup.state["config"]
-        theta = _parameters(model)  # type: ignore[arg-type]
+        theta = _parameters(model)
         s = statistics(setup.state["train"])
         multipliers = (
             torch.cat([result.multipliers["group_mean"], result.multipliers["moment"]])

@@ -352,9 +352,9 @@ def _vmapped_resamples(
     # the first resample evaluated plainly must agree (guards against evaluate functions
     # that trace under vmap but compute something else, e.g. in-place writes to the batch)
     check = problem(model, _resample(batch, keys, picks[0]), exact=True)
-    for name, values in zip(names, merged, strict=True):
-        plain = check.measured(name).detach().reshape(-1).to(values.dtype)
-        if not torch.allclose(values[0], plain, rtol=1e-5, atol=1e-7, equal_nan=True):
+    for name, merged_values in zip(names, merged, strict=True):
+        plain = check.measured(name).detach().reshape(-1).to(merged_values.dtype)
+        if not torch.allclose(merged_values[0], plain, rtol=1e-5, atol=1e-7, equal_nan=True):
             return None
     return merged
 

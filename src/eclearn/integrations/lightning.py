@@ -97,7 +97,7 @@ def require_lightning() -> Any:
         import lightning.pytorch as pl
     except ImportError:
         try:
-            import pytorch_lightning as pl
+            import pytorch_lightning as pl  # type: ignore[no-redef]
         except ImportError:
             raise ImportError(
                 "eclearn.integrations.lightning needs PyTorch Lightning: "
@@ -267,9 +267,7 @@ class ConstrainedModule:
         columns = solver.history.columns
         chosen = self.__dict__.get("_eclearn_logged")
         if chosen is None or chosen[0] is not columns:
-            wanted = (
-                LOGGED if self.log_constraints is True else tuple(self.log_constraints)  # type: ignore[arg-type]
-            )
+            wanted = LOGGED if self.log_constraints is True else tuple(self.log_constraints)
             no_objective = record is not None and record.evaluation.objective is None
             picked = [
                 (i - len(head), name)

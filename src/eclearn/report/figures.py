@@ -319,7 +319,7 @@ def comparison_figure(
 ) -> Path | None:
     """Objective and worst violation vs step, one line per group (mean over its runs);
     a panel only when some group has values for it (None when neither has)."""
-    curves = []
+    curves: list[tuple[str, Any, np.ndarray, np.ndarray, np.ndarray | None]] = []
     for (label, histories), color in zip(series.items(), _colors(len(series)), strict=True):
         objective, worst, steps, constrained = [], [], None, False
         for h in histories:
@@ -344,11 +344,11 @@ def comparison_figure(
         return None
     fig, axes = new_figure(len(panels))
     axis = dict(zip(panels, axes, strict=True))
-    for label, color, steps, obj, viol in curves:
-        if "objective" in axis and _finite(obj):
-            _plot(axis["objective"], steps, obj, label, color, raw=False)
-        if "violation" in axis and viol is not None and _finite(viol):
-            _plot(axis["violation"], steps, viol, label, color, raw=False, smooth=False)
+    for label, color, steps, mean_objective, worst_mean in curves:
+        if "objective" in axis and _finite(mean_objective):
+            _plot(axis["objective"], steps, mean_objective, label, color, raw=False)
+        if "violation" in axis and worst_mean is not None and _finite(worst_mean):
+            _plot(axis["violation"], steps, worst_mean, label, color, raw=False, smooth=False)
     if "objective" in axis:
         ax = axis["objective"]
         ax.set_title(f"{title} objective (training batches, mean over seeds)".strip())

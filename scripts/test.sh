@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the lint and the whole test suite: the README's test command.
+# Set up (if needed) and run the lint, the type check (mypy: src/ except fairness/) and the
+# whole test suite: the README's test command.
 # Then build the wheel and sdist, check them and run the quick start from the installed wheel
 # (scripts/check_wheel.sh; ECLEARN_SKIP_WHEEL=1 skips that step outside CI).
 set -euo pipefail
@@ -9,5 +10,6 @@ if [ -z "${ECLEARN_DATA:-}" ] && [ -d ../shared/data ]; then
   export ECLEARN_DATA="$(cd ../shared/data && pwd)"
 fi
 .venv/bin/ruff check src tests benchmarks
+.venv/bin/mypy
 .venv/bin/python -m pytest -q "$@"
 bash scripts/check_wheel.sh

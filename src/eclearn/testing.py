@@ -19,6 +19,7 @@ that is itself a mean over the same rows its multipliers equal the per-row KKT m
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -154,8 +155,6 @@ def solve(
     are checked every ``every`` steps; the run stops once they stayed ≤ ``tol`` for ``hold``
     checks in a row.
     """
-    import time
-
     torch.manual_seed(0)
     problem, model, batches = case.build()
     make_primal = primal or (lambda params, lr: torch.optim.SGD(params, lr=lr))

@@ -358,6 +358,8 @@ def test_write_error_is_one_line_leaves_no_metrics_and_resume_finishes(no_figure
 
 
 def test_write_error_at_the_start(no_figures, monkeypatch):
+    real_atomic_write = eclearn._io.atomic_write
+
     def no_space(path, write):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
@@ -365,8 +367,11 @@ def test_write_error_at_the_start(no_figures, monkeypatch):
     code, _, err = run_cli("run", "toy", "--out", "s", *QUICK)
     assert code == 2
     (line,) = errors(err)
-    assert "could not write s/seed-0/config.json" in line and "run it again" in line
+    assert "could not write s/seed-0/" in line and "run it again" in line
     assert not Path("s/seed-0/metrics.json").exists()
+    monkeypatch.setattr(eclearn._io, "atomic_write", real_atomic_write)
+    code, _, err = run_cli("run", "toy", "--out", "s", *QUICK)  # the advised rerun works
+    assert code == 0, err
 
 
 # ---------------------------------------------------------------------------- resume

@@ -41,7 +41,14 @@ from torch import Tensor
 from eclearn._io import atomic_write_text
 from eclearn.measures import excess
 
-__all__ = ["Columns", "Component", "History", "moving_average"]
+__all__ = [
+    "Columns",
+    "Component",
+    "History",
+    "moving_average",
+    "violation_columns",
+    "worst_violation",
+]
 
 _BLOCK = 256
 _LEGACY = {"/mean_abs": "/mean", "/max_abs": "/max"}
@@ -389,3 +396,30 @@ def _format(value: float) -> str:
     if value == int(value) and abs(value) < 1e15:
         return str(int(value))
     return repr(float(value))
+
+
+def violation_columns(
+    constraints: Sequence[Mapping[str, Any]] | None, columns: Sequence[str]
+) -> list[tuple[str, bool]]:
+    """(history column, is inequality) for the columns that measure constraint violation:
+    average components (signed values) and pointwise ``max_abs``. ``constraints`` is
+    ``Problem.fingerprint()`` (as stored in ``config.json``)."""
+    kinds = {c["name"]: c["kind"] for c in constraints or []}
+    found = []
+    for col in columns:
+        if not col.startswith("violation/") or col.endswith("/mean_abs"):
+            continue
+        name = col[len("violation/") :].split("/")[0].split("[")[0]
+        found.append((col, kinds.get(name) == "inequality"))
+    return found
+
+
+def worst_violation(row: Mapping[str, float], columns: Sequence[tuple[str, bool]]) -> float:
+    """max over components of |violation| (equalities) and [violation]₊ (inequalities)."""
+    worst = 0.0
+    for col, inequality in columns:
+        v = row.get(col, math.nan)
+        if math.isnan(v):
+            continue
+        worst = max(worst, float(excess(np.asarray(v), inequality)))
+    return worst

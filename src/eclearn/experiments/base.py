@@ -193,3 +193,10 @@ class Experiment:
     @classmethod
     def report_figures(cls, runs: Sequence[RunRecord], out_dir: Path) -> list[Path]:
         return []
+
+    @classmethod
+    def memory_estimate(cls, config: ExperimentConfig) -> dict[str, float]:
+        """Rough bytes of memory each size-like config key makes the run hold at once
+        (``{"heldout_points": 1.2e9}``): the runner refuses, before training, a config whose
+        sizes cannot fit the machine's memory, naming the keys. Default: no estimate."""
+        return {}

@@ -16,8 +16,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -28,14 +28,14 @@ from torch import Tensor
 
 from eclearn import __version__
 from eclearn import selection as select
-from eclearn._io import CheckpointError, atomic_write_text, load_checkpoint, save_checkpoint
+from eclearn._io import CheckpointError, atomic_write_text, load_checkpoint
 from eclearn._rng import seed_everything
 from eclearn.certify import certify
 from eclearn.datafiles import DataNotFoundError
 from eclearn.diagnostics import diagnose
 from eclearn.distributed import ShardedBatches
 from eclearn.experiments import registry
-from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, RunRecord, Setup
+from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, Setup
 from eclearn.experiments.config import (
     ConfigError,
     Layer,
@@ -48,6 +48,24 @@ from eclearn.experiments.config import (
     read_run_file,
     sweep_combinations,
     sweep_label,
+)
+from eclearn.experiments.rundir import (
+    CERTIFICATE_FILE,
+    CHECKPOINT_FILE,
+    CONFIG_FILE,
+    FIGURE_DIR,
+    HISTORY_FILE,
+    LOCK_FILE,
+    LOG_FILE,
+    MANIFEST_FILE,
+    METRICS_FILE,
+    MULTIPLIERS_FILE,
+    OwnedFiles,
+    RunLock,
+    check_not_in_use,
+    find_runs,
+    guarded,
+    read_run,
 )
 from eclearn.solver import Callback, FitResult, Patience, PrimalDual
 
@@ -71,19 +89,8 @@ __all__ = [
     "plan_runs",
     "read_run",
     "stderr_echo",
-    "violation_columns",
-    "worst_violation",
 ]
 
-CONFIG_FILE = "config.json"
-METRICS_FILE = "metrics.json"
-CERTIFICATE_FILE = "certificate.json"
-HISTORY_FILE = "history.csv"
-CHECKPOINT_FILE = "checkpoint.pt"
-MULTIPLIERS_FILE = "multipliers.pt"
-LOG_FILE = "log.txt"
-FIGURE_DIR = "figures"
-RUN_FILES = (CONFIG_FILE, HISTORY_FILE, CHECKPOINT_FILE, MULTIPLIERS_FILE, LOG_FILE)
 INTERRUPT_ENV = "ECLEARN_INTERRUPT_AT_STEP"
 """Test hook: raise KeyboardInterrupt right after the checkpoint of this step."""
 
@@ -187,6 +194,11 @@ def plan_runs(
         except ConfigError as err:
             problems += [line for line in err.lines if line not in problems]
             continue
+        assert isinstance(config, ExperimentConfig)
+        memory = memory_problem(cls, config, label)
+        if memory and memory not in problems:
+            problems.append(memory)
+            continue
         base = out_dir / label if label else out_dir
         for seed in seed_list:
             runs.append(
@@ -263,6 +275,9 @@ def plan_resume(
             f"only {', '.join(sorted(cls.budget_keys))} may change on --resume — start a new "
             "run with another --out instead"
         )
+    memory = memory_problem(cls, config, "")
+    if memory:
+        raise ConfigError(memory)
     info = record.info
     return RunSpec(
         record.experiment,
@@ -275,6 +290,48 @@ def plan_resume(
         _check_device(device or str(info.get("device") or "cpu")),
         data if data is not None else info.get("data"),
         int(info.get("sweep_index") or 0),
+    )
+
+
+MEMORY_SHARE = 0.8
+"""The share of the memory available now that a run's estimated sizes may claim."""
+
+
+def available_memory() -> float:
+    """Bytes of memory available to a new process now (``MemAvailable`` on Linux, else
+    the physical memory)."""
+    with suppress(OSError, ValueError), open("/proc/meminfo", encoding="ascii") as handle:
+        for line in handle:
+            if line.startswith("MemAvailable:"):
+                return float(line.split()[1]) * 1024
+    with suppress(OSError, ValueError, AttributeError):
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    return math.inf
+
+
+def _bytes(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
+        if n < 1000 or unit == "PB":
+            return f"{n:.3g} {unit}"
+        n /= 1000
+    return f"{n:.3g} PB"
+
+
+def memory_problem(cls: type[Experiment], config: ExperimentConfig, label: str) -> str:
+    """'' when the experiment's :meth:`~Experiment.memory_estimate` fits in
+    :data:`MEMORY_SHARE` of the available memory; otherwise one line naming the keys."""
+    estimate = {k: float(v) for k, v in cls.memory_estimate(config).items() if v > 0}
+    total = sum(estimate.values())
+    limit = MEMORY_SHARE * available_memory()
+    if not estimate or total <= limit:
+        return ""
+    top = sorted(estimate.items(), key=lambda kv: -kv[1])
+    named = ", ".join(f"{k}={getattr(config, k, '?')!r} (~{_bytes(v)})" for k, v in top[:3])
+    where = f" [{label}]" if label else ""
+    return (
+        f"{cls.name}{where}: the sizes need about {_bytes(total)} of memory ({named}) but "
+        f"{_bytes(limit / MEMORY_SHARE)} is available; lower {top[0][0]} (checked before "
+        "training, so no time is lost)"
     )
 
 
@@ -342,7 +399,7 @@ def check_run_dirs(
         raise RunnerError(problems)
     for spec in runs:
         if spec.run_dir.is_dir() and actions[spec.run_dir] != "skip":
-            _check_not_in_use(spec.run_dir)
+            check_not_in_use(spec.run_dir)
     if overwrite:
         for spec in runs:
             if spec.run_dir.is_dir():
@@ -366,91 +423,23 @@ def _mismatch(spec: RunSpec, run_dir: Path) -> str:
     return "; ".join(f"{k}: {a!r} → {b!r}" for k, (a, b) in changed.items())
 
 
+def run_files(run_dir: Path) -> OwnedFiles:
+    """The manifest of the files a run created in ``run_dir``."""
+    return OwnedFiles(
+        run_dir,
+        what="run directory",
+        then=f"continue with `eclearn run --resume {run_dir}` (the run is incomplete: no "
+        f"{METRICS_FILE})",
+    )
+
+
 def _clear(run_dir: Path) -> None:
-    with _writing(run_dir / METRICS_FILE, run_dir):
-        (run_dir / METRICS_FILE).unlink(missing_ok=True)
-        for name in RUN_FILES:
-            (run_dir / name).unlink(missing_ok=True)
-        for leftover in run_dir.glob(".*.tmp"):
-            leftover.unlink(missing_ok=True)
-        figures = run_dir / FIGURE_DIR
-        if figures.is_dir():
-            for png in figures.glob("*.png"):
-                png.unlink()
+    """Remove the files a run created (``metrics.json`` first, so a half-cleared directory
+    never looks complete); refuses when the directory holds anyone else's files."""
+    run_files(run_dir).clear(first=[METRICS_FILE])
 
 
 # ---------------------------------------------------------------------------- execution
-LOCK_FILE = ".lock"
-
-
-class RunLock:
-    """An exclusive lock on a run directory for the life of the process that trains it.
-
-    ``fcntl.flock`` on ``DIR/.lock``: the OS releases it when the process ends, however it
-    ends (``kill -9`` included), so a stale lock never blocks a rerun. The holder writes its
-    pid into the file, so a second process can say who holds it.
-    """
-
-    def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / LOCK_FILE
-        self._fd: int | None = None
-
-    def acquire(self) -> RunLock:
-        import fcntl
-
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "unknown"
-            os.close(fd)
-            raise RunnerError(
-                f"{self.path.parent} is in use by another eclearn process (pid {holder}); wait "
-                "for it to finish or stop it, then run again"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self._fd = fd
-        return self
-
-    def release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)  # closing the descriptor releases the flock
-            self._fd = None
-
-    def __enter__(self) -> RunLock:
-        return self.acquire()
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
-
-
-def _check_not_in_use(run_dir: Path) -> None:
-    """Raise if a live process holds ``run_dir``'s lock (before replacing its files)."""
-    if (run_dir / LOCK_FILE).exists():
-        RunLock(run_dir).acquire().release()
-
-
-@contextmanager
-def _writing(path: Path, run_dir: Path) -> Iterator[None]:
-    """Turn an OSError while writing ``path`` into a one-line error with the fix."""
-    try:
-        yield
-    except OSError as err:
-        if isinstance(err, DataNotFoundError):
-            raise
-        reason = err.strerror or str(err)
-        then = (
-            "run it again"
-            if path.name == CONFIG_FILE
-            else f"continue with `eclearn run --resume {run_dir}`"
-        )
-        raise RunnerError(
-            f"could not write {path}: {reason}; free disk space or fix the permissions, then "
-            f"{then} (the run is incomplete: no {METRICS_FILE})"
-        ) from err
-
-
 class RunLog:
     """``log.txt`` of a run, echoed to stderr (through tqdm, so progress bars survive)."""
 
@@ -506,11 +495,14 @@ def execute(
     experiment = registry.experiment_class(spec.experiment)()
     run_dir = spec.run_dir
     created = [d for d in [run_dir, *run_dir.parents] if not d.exists()]
-    with _writing(run_dir, run_dir):
+    with guarded(run_dir, "run it again"):
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = RunLock(run_dir).acquire()
     try:
-        return _execute_locked(experiment, spec, resume, progress, echo, progress_file, created)
+        files = run_files(run_dir)
+        return _execute_locked(
+            experiment, spec, resume, progress, echo, progress_file, created, files
+        )
     finally:
         lock.release()
 
@@ -523,19 +515,28 @@ def _execute_locked(
     echo: Callable[[str], None] | None,
     progress_file: IO[str] | None,
     created: list[Path],
+    files: OwnedFiles,
 ) -> dict[str, Any]:
     run_dir = spec.run_dir
+    fresh = set() if resume else {LOG_FILE, CONFIG_FILE} - files.owned
+    advice = files.then
+    if not resume:
+        files.then = "run it again"  # nothing to resume until config.json exists
     log = RunLog(run_dir / LOG_FILE, echo)
     holder: list[PrimalDual] = []
     try:
-        with _writing(run_dir / CONFIG_FILE, run_dir):
-            if not resume:
-                _write_config(spec, None)
-        return _run(experiment, spec, log, resume, progress, progress_file, holder)
-    except DataNotFoundError:
-        log.close()
+        files.claim(run_dir / LOG_FILE)
         if not resume:
-            _remove_fresh(run_dir, created)
+            _write_config(spec, None, files, "run it again")
+            files.then = advice
+        return _run(experiment, spec, log, resume, progress, progress_file, holder, files)
+    except (DataNotFoundError, RunnerError) as err:
+        undo = isinstance(err, DataNotFoundError) or not (run_dir / CONFIG_FILE).is_file()
+        if not resume and undo:
+            log.close()
+            _remove_fresh(run_dir, created, files, fresh)
+        else:
+            log.write(f"FAILED: {type(err).__name__}: {err}")
         raise
     except KeyboardInterrupt:
         step = holder[0].step if holder else 0
@@ -552,11 +553,14 @@ def _execute_locked(
         log.close()
 
 
-def _remove_fresh(run_dir: Path, created: list[Path]) -> None:
-    """Undo a fresh run that failed before training (missing data): remove its files and
-    the folders this run created, leaving nothing behind."""
-    for name in (CONFIG_FILE, LOG_FILE, LOCK_FILE):
+def _remove_fresh(run_dir: Path, created: list[Path], files: OwnedFiles, fresh: set[str]) -> None:
+    """Undo a fresh run that failed before training (missing data): remove the files it
+    created and the folders this run created, leaving nothing behind."""
+    for name in fresh:
         (run_dir / name).unlink(missing_ok=True)
+    if not files.owned - fresh:
+        (run_dir / MANIFEST_FILE).unlink(missing_ok=True)
+        (run_dir / LOCK_FILE).unlink(missing_ok=True)
     for folder in created:  # deepest first
         with suppress(OSError):
             folder.rmdir()
@@ -570,8 +574,10 @@ def _run(
     progress: bool,
     progress_file: IO[str] | None,
     holder: list[PrimalDual],
+    files: OwnedFiles,
 ) -> dict[str, Any]:
     run_dir = spec.run_dir
+    present_at_start = files.snapshot()
     what = f"{spec.experiment}" + (f" [{spec.label}]" if spec.label else "")
     log(
         f"{'resuming' if resume else 'starting'} {what} seed {spec.seed} in {run_dir} "
@@ -589,18 +595,16 @@ def _run(
             setup.train_batches, solver.comm.rank, solver.comm.world_size
         )
     holder.append(solver)
-    with _writing(run_dir / CONFIG_FILE, run_dir):
-        _write_config(
-            spec,
-            [
-                {**c, "tolerance": solver.problem.by_name[c["name"]].tolerance}
-                for c in solver.problem.fingerprint()
-            ],
-        )
+    constraints = [
+        {**c, "tolerance": solver.problem.by_name[c["name"]].tolerance}
+        for c in solver.problem.fingerprint()
+    ]
+    _write_config(spec, constraints, files, files.then)
     checkpoint = run_dir / CHECKPOINT_FILE
+    identity = run_identity(spec)
     runner_state: dict[str, Any] = {}
     if resume and checkpoint.exists():
-        runner_state = _load(solver, checkpoint)
+        runner_state = _load(solver, checkpoint, identity)
         log(f"loaded {checkpoint} at step {solver.step} (epoch {solver.epoch})")
     elif resume:
         log(f"no {CHECKPOINT_FILE} yet: starting from step 0")
@@ -620,10 +624,11 @@ def _run(
         criteria.append(Patience(selector, patience))
     saver = _Checkpointer(
         checkpoint,
-        run_dir,
+        files,
         getattr(spec.config, "checkpoint_every", 500),
         previous,
         int(interrupt) if interrupt.isdigit() else None,
+        identity,
     )
     total = _total_steps(setup)
     show = progress and (progress_file is not None or sys.stderr.isatty())
@@ -658,22 +663,15 @@ def _run(
     )
     saver.save(solver, seconds=seconds, stop_reason=reason)
     log(result.summary())
-    with _writing(run_dir / MULTIPLIERS_FILE, run_dir):
-        save_checkpoint(
-            {k: v.detach().cpu() for k, v in result.multipliers.items()}, run_dir / MULTIPLIERS_FILE
-        )
-    with _writing(run_dir / HISTORY_FILE, run_dir):
+    files.save_checkpoint(
+        {k: v.detach().cpu() for k, v in result.multipliers.items()}, run_dir / MULTIPLIERS_FILE
+    )
+    files.claim(run_dir / HISTORY_FILE)
+    with guarded(run_dir / HISTORY_FILE, files.then):
         solver.history.to_csv(run_dir / HISTORY_FILE)
-    figure_dir = run_dir / FIGURE_DIR
-    with _writing(figure_dir, run_dir):
-        from eclearn.report.figures import run_figures
-
-        figure_dir.mkdir(exist_ok=True)
-        constraints = solver.problem.fingerprint()
-        run_figures(solver.history, constraints, figure_dir)
-        experiment.figures(setup, result, figure_dir)
+    _write_figures(experiment, setup, result, files)
     selection = _apply_selection(setup, result, log)
-    certificate = _certify(spec, setup, result, run_dir, log)
+    certificate = _certify(spec, setup, result, files, log)
     metrics = experiment.metrics(setup, result, context)
     if selection is not None:
         metrics = {**metrics, "selection": selection}
@@ -692,10 +690,29 @@ def _run(
         )
     record = _final_metrics(spec, metrics, result, solver)
     text = json.dumps(record, indent=2, allow_nan=False) + "\n"
-    with _writing(run_dir / METRICS_FILE, run_dir):
-        atomic_write_text(run_dir / METRICS_FILE, text)
+    # what the experiment wrote into the run directory itself (its own artifacts)
+    files.adopt(sorted(files.snapshot() - present_at_start))
+    files.write_text(run_dir / METRICS_FILE, text)
     log(f"complete: {run_dir / METRICS_FILE}")
     return record
+
+
+def _write_figures(
+    experiment: Experiment, setup: Setup, result: FitResult, files: OwnedFiles
+) -> None:
+    """The training figures and the experiment's own, drawn in a staging folder and then
+    moved into ``figures/`` (a user's file of the same name is never replaced)."""
+    from eclearn.report.figures import run_figures
+
+    solver = setup.solver
+    figure_dir = files.mkdir(files.folder / FIGURE_DIR)
+    with files.staging() as staging, guarded(figure_dir, files.then):
+        run_figures(solver.history, solver.problem.fingerprint(), staging)
+        experiment.figures(setup, result, staging)
+        made = sorted(p for p in staging.rglob("*") if p.is_file())
+        files.install(made, staging, figure_dir)
+    if not any(figure_dir.iterdir()):
+        figure_dir.rmdir()
 
 
 def _selector(spec: RunSpec, setup: Setup) -> Any:
@@ -748,7 +765,7 @@ def _apply_selection(setup: Setup, result: FitResult, log: RunLog) -> dict[str, 
 
 
 def _certify(
-    spec: RunSpec, setup: Setup, result: FitResult, run_dir: Path, log: RunLog
+    spec: RunSpec, setup: Setup, result: FitResult, files: OwnedFiles, log: RunLog
 ) -> dict[str, Any] | None:
     """Write ``certificate.json`` when the experiment provides held-out data."""
     if not getattr(spec.config, "certify", False) or setup.heldout_batches is None:
@@ -771,8 +788,7 @@ def _certify(
         inference=setup.inference,
     ).to_dict()
     text = json.dumps(_jsonable(cert, "certificate"), indent=2) + "\n"
-    with _writing(run_dir / CERTIFICATE_FILE, run_dir):
-        atomic_write_text(run_dir / CERTIFICATE_FILE, text)
+    files.write_text(files.folder / CERTIFICATE_FILE, text)
     log(f"certificate: {cert['summary']}")
     return cert
 
@@ -789,16 +805,79 @@ def _check_setup(setup: Any, name: str) -> None:
         )
 
 
-def _load(solver: PrimalDual, path: Path) -> dict[str, Any]:
+CHECKPOINT_FORMAT = 1
+"""Version of the runner's part of ``checkpoint.pt`` (``state["runner"]``)."""
+
+
+def run_identity(spec: RunSpec) -> dict[str, Any]:
+    """What a checkpoint belongs to: the experiment, the seed, and the resolved config
+    without the budget keys a resume may change (with its SHA-256, for a quick compare)."""
+    import hashlib
+
+    cls = registry.experiment_class(spec.experiment)
+    config = {
+        k: v for k, v in spec.config.model_dump(mode="json").items() if k not in cls.budget_keys
+    }
+    text = json.dumps(
+        {"experiment": spec.experiment, "seed": spec.seed, "config": config}, sort_keys=True
+    )
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "experiment": spec.experiment,
+        "seed": spec.seed,
+        "config": json.dumps(config, sort_keys=True),
+        "config_sha256": hashlib.sha256(text.encode()).hexdigest(),
+    }
+
+
+def _identity_mismatch(stored: Mapping[str, Any], identity: Mapping[str, Any]) -> str:
+    """'' when a checkpoint's identity is this run's; else the differing keys, in words."""
+    if stored.get("config_sha256") == identity["config_sha256"]:
+        return ""
+    if stored.get("format") != identity["format"]:
+        return (
+            f"checkpoint format {stored.get('format')!r}; this eclearn writes {CHECKPOINT_FORMAT}"
+        )
+    diffs = [
+        f"{key}: {stored.get(key)!r} → {identity[key]!r}"
+        for key in ("experiment", "seed")
+        if stored.get(key) != identity[key]
+    ]
+    try:
+        theirs = json.loads(str(stored.get("config")))
+    except ValueError:
+        theirs = {}
+    if not isinstance(theirs, dict):
+        theirs = {}
+    for key, (a, b) in changed_keys(theirs, json.loads(identity["config"])).items():
+        diffs.append(f"{key}: {a!r} → {b!r}")
+    return "; ".join(diffs) or "the config hash differs"
+
+
+def _load(solver: PrimalDual, path: Path, identity: Mapping[str, Any]) -> dict[str, Any]:
+    """Load ``checkpoint.pt`` into ``solver`` after checking it is this run's (config,
+    seed, format); returns the runner's own state (time trained, stop reason)."""
     try:
         state = load_checkpoint(path, map_location=solver.device)
     except CheckpointError as err:
         raise RunnerError(
             f"{err}; then `eclearn run --resume {path.parent}` starts the run over"
         ) from None
-    if not isinstance(state, dict):
-        raise RunnerError(f"{path} is not an eclearn run checkpoint (no solver state in it)")
-    runner_state = dict(state.pop("runner", None) or {})
+    if not isinstance(state, dict) or not isinstance(state.get("runner"), dict):
+        raise RunnerError(
+            f"{path} is not an eclearn run checkpoint (no runner state in it); delete it to "
+            f"start the run over with `eclearn run --resume {path.parent}`"
+        )
+    runner_state = dict(state.pop("runner"))
+    stored = runner_state.get("identity")
+    if isinstance(stored, dict):
+        mismatch = _identity_mismatch(stored, identity)
+        if mismatch:
+            raise RunnerError(
+                f"{path} belongs to another run ({mismatch}); it cannot continue this one: "
+                f"move it back to its own run directory, or delete it to start {path.parent} "
+                "over"
+            )
     try:
         solver.load_state_dict(state)
     except (ValueError, KeyError, RuntimeError, TypeError) as err:
@@ -837,7 +916,9 @@ def _describe_budget(budget: Mapping[str, int], total: int | None, step: int) ->
     return text
 
 
-def _write_config(spec: RunSpec, constraints: list[dict[str, Any]] | None) -> None:
+def _write_config(
+    spec: RunSpec, constraints: list[dict[str, Any]] | None, files: OwnedFiles, then: str
+) -> None:
     info = {
         "experiment": spec.experiment,
         "preset": spec.preset,
@@ -851,7 +932,10 @@ def _write_config(spec: RunSpec, constraints: list[dict[str, Any]] | None) -> No
         "config": spec.config.model_dump(mode="json"),
         "constraints": constraints,
     }
-    atomic_write_text(spec.run_dir / CONFIG_FILE, json.dumps(info, indent=2) + "\n")
+    path = spec.run_dir / CONFIG_FILE
+    files.claim(path)
+    with guarded(path, then):
+        atomic_write_text(path, json.dumps(info, indent=2) + "\n")
 
 
 def _final_metrics(
@@ -905,19 +989,20 @@ def _jsonable(value: Any, where: str, experiment: str = "") -> Any:
 
 
 class _Checkpointer(Callback):
-    """``checkpoint.pt`` every ``every`` steps (and the :data:`INTERRUPT_ENV` test hook)."""
+    """``checkpoint.pt`` every ``every`` steps (and the :data:`INTERRUPT_ENV` test hook),
+    stamped with the run's identity (:func:`run_identity`)."""
 
     def __init__(
         self,
         path: Path,
-        run_dir: Path,
+        files: OwnedFiles,
         every: int,
         previous_seconds: float,
         interrupt_at: int | None,
-        extra: Callable[[], dict[str, Any]] | None = None,
+        identity: Mapping[str, Any],
     ) -> None:
-        self.path, self.run_dir, self.every = path, run_dir, max(1, int(every))
-        self.extra = extra
+        self.path, self.files, self.every = path, files, max(1, int(every))
+        self.identity = dict(identity)
         self.previous = previous_seconds
         self.interrupt_at = interrupt_at
         self.began = time.perf_counter()
@@ -933,38 +1018,12 @@ class _Checkpointer(Callback):
 
     def save(self, solver: PrimalDual, *, seconds: float, stop_reason: str | None = None) -> None:
         state = solver.state_dict()
-        state["runner"] = {"fit_seconds": float(seconds), "stop_reason": stop_reason}
-        if self.extra is not None:
-            state["runner"].update(self.extra())
-        with _writing(self.path, self.run_dir):
-            save_checkpoint(state, self.path)
-
-
-def violation_columns(
-    constraints: Sequence[Mapping[str, Any]] | None, columns: Sequence[str]
-) -> list[tuple[str, bool]]:
-    """(history column, is inequality) for the columns that measure constraint violation:
-    average components (signed values) and pointwise ``max_abs``. ``constraints`` is
-    ``Problem.fingerprint()`` (as stored in ``config.json``)."""
-    kinds = {c["name"]: c["kind"] for c in constraints or []}
-    found = []
-    for col in columns:
-        if not col.startswith("violation/") or col.endswith("/mean_abs"):
-            continue
-        name = col[len("violation/") :].split("/")[0].split("[")[0]
-        found.append((col, kinds.get(name) == "inequality"))
-    return found
-
-
-def worst_violation(row: Mapping[str, float], columns: Sequence[tuple[str, bool]]) -> float:
-    """max over components of |violation| (equalities) and [violation]₊ (inequalities)."""
-    worst = 0.0
-    for col, inequality in columns:
-        v = row.get(col, math.nan)
-        if math.isnan(v):
-            continue
-        worst = max(worst, max(v, 0.0) if inequality else abs(v))
-    return worst
+        state["runner"] = {
+            "fit_seconds": float(seconds),
+            "stop_reason": stop_reason,
+            "identity": self.identity,
+        }
+        self.files.save_checkpoint(state, self.path)
 
 
 class _Progress(Callback):
@@ -981,7 +1040,6 @@ class _Progress(Callback):
     ) -> None:
         self.total, self.show, self.desc, self.log, self.file = total, show, desc, log, file
         self.bar: Any = None
-        self.columns = violation_columns(solver.problem.fingerprint(), solver.history.columns)
         self.every = max(1, (total or 1000) // 200)
         self.milestone = max(1, (total or 1000) // 10)
         self.began = time.perf_counter()
@@ -1003,7 +1061,7 @@ class _Progress(Callback):
 
     def _status(self, solver: PrimalDual) -> tuple[float, float]:
         row = solver.latest()
-        return row.get("objective", math.nan), worst_violation(row, self.columns)
+        return row.get("objective", math.nan), solver.history.schema.worst_of(row)
 
     def on_step_end(self, solver: Any) -> None:
         step = solver.step
@@ -1030,76 +1088,3 @@ class _Progress(Callback):
                 self.bar.set_postfix({"obj": f"{objective:.4g}", "max viol": f"{worst:.3g}"})
             self.bar.close()
             self.bar = None
-
-
-# ---------------------------------------------------------------------------- reading
-def read_run(path: str | os.PathLike[str]) -> RunRecord:
-    """Read one run directory (``config.json``, and ``metrics.json`` when complete)."""
-    path = Path(path)
-    if not path.is_dir():
-        raise RunnerError(f"{path}: no such directory")
-    config_path = path / CONFIG_FILE
-    if not config_path.is_file():
-        raise RunnerError(
-            f"{path} is not a run directory (no {CONFIG_FILE}); pass a directory "
-            "written by `eclearn run` (DIR/seed-<n>) or a folder holding them"
-        )
-    info = _read_json(config_path)
-    if not isinstance(info, dict) or not {"experiment", "seed", "config"} <= set(info):
-        raise RunnerError(
-            f"{config_path} is not an eclearn run config (needs experiment, seed and config)"
-        )
-    metrics = None
-    if (path / METRICS_FILE).is_file():
-        metrics = _read_json(path / METRICS_FILE)
-        if not isinstance(metrics, dict):
-            raise RunnerError(f"{path / METRICS_FILE} is not a JSON object")
-    config = dict(info.pop("config"))
-    label = str(info.get("label") or config.get("formulation") or info["experiment"])
-    return RunRecord(
-        path=path,
-        experiment=str(info["experiment"]),
-        seed=int(info["seed"]),
-        label=label,
-        config=config,
-        metrics=metrics,
-        info=info,
-    )
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise RunnerError(
-            f"{path} is not valid JSON ({err}); the run directory is damaged"
-        ) from None
-    except OSError as err:
-        raise RunnerError(f"{path}: cannot read ({err.strerror})") from None
-
-
-def find_runs(paths: Sequence[str | os.PathLike[str]]) -> list[RunRecord]:
-    """Run directories given directly or found (recursively) below the given folders."""
-    found: dict[Path, RunRecord] = {}
-    for given in paths:
-        path = Path(given)
-        if not path.exists():
-            raise RunnerError(f"{path}: no such directory")
-        if (path / CONFIG_FILE).is_file():
-            dirs = [path]
-        elif path.is_dir():
-            dirs = sorted({p.parent for p in path.rglob(CONFIG_FILE)})
-            if not dirs:
-                raise RunnerError(
-                    f"{path} holds no run directories (no {CONFIG_FILE} below it); "
-                    "pass directories written by `eclearn run`"
-                )
-        else:
-            raise RunnerError(
-                f"{path} is not a run directory; pass a directory written by `eclearn run`"
-            )
-        for d in dirs:
-            key = d.resolve()
-            if key not in found:
-                found[key] = read_run(d)
-    return list(found.values())

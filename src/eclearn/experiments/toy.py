@@ -196,6 +196,13 @@ class ToyExperiment(Experiment):
         "test_feasible",
     )
 
+    @classmethod
+    def memory_estimate(cls, config: ExperimentConfig) -> dict[str, float]:
+        """The data (features, one-hot groups, targets; float32) with room for one copy."""
+        assert isinstance(config, ToyConfig)
+        row = 2 * 4 * (config.dim + config.groups + 1)
+        return {"n_train": float(row * config.n_train), "n_test": float(row * config.n_test)}
+
     def setup(self, config: ToyConfig, context: RunContext) -> Setup:  # type: ignore[override]
         train, test = make_data(config.n_train, config), make_data(config.n_test, config)
         share = config.validation_share()

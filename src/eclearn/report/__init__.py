@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from eclearn._io import atomic_write_text
 from eclearn.experiments.base import RunRecord
 from eclearn.experiments.config import RunnerError
+from eclearn.experiments.rundir import OwnedFiles
 from eclearn.report import html
 from eclearn.report.tables import (
     Group,
@@ -70,13 +70,9 @@ def write_report(
     *,
     warn: Callable[[str], None] | None = None,
 ) -> ReportFiles:
-    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out_dir``."""
-    import warnings
-
-    from eclearn.experiments import registry
-    from eclearn.report.figures import comparison_figure
-    from eclearn.report.tables import markdown_table
-
+    """Write ``report.md``, ``report.html`` and ``figures/`` into ``out_dir``. Only files
+    an earlier report wrote there (its ``.eclearn-files.json``) are ever replaced: a user's
+    file of the same name is an error naming it, raised before anything is written."""
     warn = warn or (lambda message: print(message, file=sys.stderr))
     out = Path(out_dir)
     complete = [r for r in records if r.complete]
@@ -88,14 +84,55 @@ def write_report(
         )
     groups = group_runs(complete)
     tables = build_tables(groups)
+    owned = report_files(out)
     figure_dir = out / "figures"
-    try:
-        figure_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise RunnerError(
-            f"cannot create {figure_dir}: {err.strerror}; choose another --out"
-        ) from None
+    owned.mkdir(figure_dir)
     files = ReportFiles(out / "report.md", out / "report.html")
+    for page in (files.markdown, files.html):  # refuse a user's file before any work
+        owned.claim(page)
+    with owned.staging() as staging:
+        _write_body(complete, incomplete, groups, tables, out, files, owned, staging, warn)
+    return files
+
+
+def report_files(out: Path) -> OwnedFiles:
+    """The manifest of what ``eclearn report`` wrote into ``out``; reports written before
+    the manifest existed are recognised by their first line and adopted."""
+    owned = OwnedFiles(
+        out, what="report folder", then="run `eclearn report` again or choose another --out"
+    )
+    legacy = {"report.md": "# eclearn report", "report.html": "<title>eclearn report"}
+    for name, mark in legacy.items():
+        path = out / name
+        if name not in owned.owned and path.is_file():
+            try:
+                head = path.read_text(encoding="utf-8", errors="replace")[:2000]
+            except OSError:
+                continue
+            if mark in head:
+                owned.adopt([path])
+    return owned
+
+
+def _write_body(
+    complete: list[RunRecord],
+    incomplete: list[RunRecord],
+    groups: list[Group],
+    tables: list[Table],
+    out: Path,
+    files: ReportFiles,
+    owned: OwnedFiles,
+    staging: Path,
+    warn: Callable[[str], None],
+) -> None:
+    """Draw the figures (in ``staging``, then moved into ``figures/``) and write the pages."""
+    import warnings
+
+    from eclearn.experiments import registry
+    from eclearn.report.figures import comparison_figure
+    from eclearn.report.tables import markdown_table
+
+    figure_dir = out / "figures"
     stamp = time.strftime("%Y-%m-%d %H:%M")
     md = [
         "# eclearn report",
@@ -142,7 +179,7 @@ def write_report(
             drawn = comparison_figure(
                 {k: v for k, v in series.items() if v},
                 constraints,
-                figure_dir / f"{table.experiment}-training.png",
+                staging / f"{table.experiment}-training.png",
                 table.experiment,
             )
             if drawn is not None:
@@ -153,7 +190,7 @@ def write_report(
             # what a hook warns (a comparison it cannot draw, and why) goes into the report
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                made += [Path(p) for p in hook(runs, figure_dir)]
+                made += [Path(p) for p in hook(runs, staging)]
             figure_notes += [f"{table.experiment}: {w.message}" for w in caught]
         except RunnerError as err:
             figure_notes.append(f"{table.experiment}: no experiment figures ({err})")
@@ -162,6 +199,7 @@ def write_report(
                 f"{table.experiment}: report_figures failed: {type(err).__name__}: {err}"
             )
         files.notes += figure_notes
+        made = owned.install([p for p in made if p.is_file()], staging, figure_dir)
         files.figures += made
         if made:
             md += [f"![{p.stem}](<{_relative(p, out)}>)" for p in made] + [""]
@@ -199,12 +237,5 @@ def write_report(
         body += [html.heading("Notes", 2), html.unordered(files.notes, "note")]
         for note in files.notes:
             warn(f"warning: {note}")
-    try:
-        atomic_write_text(files.markdown, "\n".join(md).rstrip() + "\n")
-        atomic_write_text(files.html, html.page("eclearn report", body))
-    except OSError as err:
-        raise RunnerError(
-            f"could not write the report in {out}: {err.strerror or err}; free "
-            "disk space or choose another --out"
-        ) from None
-    return files
+    owned.write_text(files.markdown, "\n".join(md).rstrip() + "\n")
+    owned.write_text(files.html, html.page("eclearn report", body))

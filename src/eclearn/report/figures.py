@@ -23,8 +23,7 @@ from typing import Any
 import numpy as np
 
 from eclearn._io import atomic_write
-from eclearn.experiments.runner import violation_columns
-from eclearn.history import History
+from eclearn.history import History, violation_columns
 
 __all__ = [
     "comparison_figure",

@@ -204,7 +204,7 @@ def plan_runs(
             runs.append(
                 RunSpec(
                     experiment,
-                    config,  # type: ignore[arg-type]
+                    config,
                     seed,
                     base / f"seed-{seed}",
                     label,

@@ -392,18 +392,23 @@ def check_run_dirs(
                     "(or the whole command with --continue), or pass --overwrite to start over"
                 )
         elif any(d.iterdir()):
-            problems.append(
-                f"{d} exists and is not a run directory (no {CONFIG_FILE}); choose another --out"
-            )
+            if run_files(d).foreign():
+                problems.append(
+                    f"{d} exists and is not a run directory (no {CONFIG_FILE}); choose another "
+                    "--out"
+                )
+            else:  # a run killed before its config.json: only eclearn's bookkeeping is left
+                actions[d] = "restart"
     if problems:
         raise RunnerError(problems)
     for spec in runs:
         if spec.run_dir.is_dir() and actions[spec.run_dir] != "skip":
             check_not_in_use(spec.run_dir)
-    if overwrite:
-        for spec in runs:
-            if spec.run_dir.is_dir():
-                _clear(spec.run_dir)
+    for spec in runs:
+        if spec.run_dir.is_dir() and (overwrite or actions[spec.run_dir] == "restart"):
+            _clear(spec.run_dir)
+        if actions[spec.run_dir] == "restart":
+            actions[spec.run_dir] = "start"
     return actions
 
 

@@ -85,10 +85,12 @@ def write_report(
     groups = group_runs(complete)
     tables = build_tables(groups)
     owned = report_files(out)
-    figure_dir = out / "figures"
-    owned.mkdir(figure_dir)
     files = ReportFiles(out / "report.md", out / "report.html")
     for page in (files.markdown, files.html):  # refuse a user's file before any work
+        if page.exists() and not owned.owns(page):
+            owned.claim(page)  # raises, naming it
+    owned.mkdir(out / "figures")
+    for page in (files.markdown, files.html):
         owned.claim(page)
     with owned.staging() as staging:
         _write_body(complete, incomplete, groups, tables, out, files, owned, staging, warn)

@@ -16,8 +16,7 @@ import pytest
 import torch
 
 import eclearn as ecl
-
-from .conftest import full_batch, vector_equality
+from tests.core.conftest import full_batch, vector_equality
 
 
 def saved(tmp_path):

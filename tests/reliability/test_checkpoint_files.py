@@ -18,6 +18,8 @@ import torch
 import eclearn as ecl
 from tests.core.conftest import full_batch, vector_equality
 
+from .conftest import trials
+
 
 def saved(tmp_path):
     q = vector_equality()
@@ -50,7 +52,8 @@ def test_no_byte_flip_loads_changed_tensors(tmp_path):
     reference = solver.state_dict()
     data = path.read_bytes()
     refused = 0
-    for position in random.Random(0).sample(range(len(data)), 60):
+    flips = min(len(data), trials(60))
+    for position in random.Random(0).sample(range(len(data)), flips):
         damaged = bytearray(data)
         damaged[position] ^= 0x5A
         target = tmp_path / f"flip-{position}.pt"
@@ -66,7 +69,8 @@ def test_no_byte_flip_loads_changed_tensors(tmp_path):
         assert torch.equal(
             state["multipliers"][key]["value"], reference["multipliers"][key]["value"]
         ), position
-    assert refused >= 40  # most bytes are data or headers; the rest is padding
+    print(f"byte flips: {flips} trials, {refused} refused, {flips - refused} loaded unchanged")
+    assert refused >= 0.6 * flips  # most bytes are data or headers; the rest is padding
 
 
 def test_truncated_file_is_damaged(tmp_path):

@@ -677,7 +677,8 @@ def _run(
     _write_figures(experiment, setup, result, files)
     selection = _apply_selection(setup, result, log)
     certificate = _certify(spec, setup, result, files, log)
-    metrics = experiment.metrics(setup, result, context)
+    with guarded(run_dir, files.then):  # experiments may write artifacts of their own
+        metrics = experiment.metrics(setup, result, context)
     if selection is not None:
         metrics = {**metrics, "selection": selection}
     if certificate is not None:

@@ -482,12 +482,11 @@ class PrimalDual:
                     break
                 batch = self.stream.next(batches)
                 if batch is None:
-                    if self.scheduler is not None and self.scheduler_interval == "epoch":
-                        self.scheduler.step()
-                    for hook in hooks:
-                        hook.on_epoch_end(self)
+                    self._end_epoch(hooks)
                     continue
                 self.train_step(batch)
+                if self.stream.end_if_complete(batches):  # the pass's last batch: count it now
+                    self._end_epoch(hooks)
                 steps = self.step - start_step
                 for criterion in criteria:
                     fired = criterion.check(self, steps)
@@ -517,6 +516,12 @@ class PrimalDual:
             self._active = list(self.callbacks)
             self.batch_keys = saved_keys
         return result
+
+    def _end_epoch(self, hooks: Sequence[Callback]) -> None:
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self.scheduler.step()
+        for hook in hooks:
+            hook.on_epoch_end(self)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Any) -> StepRecord:

@@ -501,6 +501,7 @@ class PrimalDual:
                 self.problem,
                 start=start_step,
                 updates_multipliers=self.formulation.updates_multipliers,
+                fixed=self._fixed_multipliers(),
             )
             if warn:
                 for d in diagnostics:
@@ -516,6 +517,11 @@ class PrimalDual:
             self._active = list(self.callbacks)
             self.batch_keys = saved_keys
         return result
+
+    def _fixed_multipliers(self) -> set[str]:
+        """Constraints whose dual learning rate is 0: their multipliers are fixed weights."""
+        opt = self.dual_optimizer
+        return {c.name for c in self.problem.constraints if opt.lr_for(c.name, c.lr) == 0}
 
     def _end_epoch(self, hooks: Sequence[Callback]) -> None:
         if self.scheduler is not None and self.scheduler_interval == "epoch":

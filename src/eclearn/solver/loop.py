@@ -24,7 +24,7 @@ import math
 import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -804,8 +804,12 @@ class PrimalDual:
         frozen = [p for p in seen.values() if p.requires_grad]
         for p in frozen:
             p.requires_grad_(False)
+        # DDP prepares a gradient reduction after a forward pass under grad mode: there is no
+        # backward pass here, so skip it
+        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
         try:
-            yield
+            with self.model.no_sync() if ddp else nullcontext():  # type: ignore[operator]
+                yield
         finally:
             for p in frozen:
                 p.requires_grad_(True)

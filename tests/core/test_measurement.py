@@ -130,3 +130,35 @@ def test_unbounded_lagrangian_error_points_to_augmented_lagrangian():
     with pytest.raises(ProblemError, match=r"AugmentedLagrangian\(rho=1\)") as info:
         solver.fit([{}], max_steps=20, warn=False)
     assert "\n" not in str(info.value)
+
+
+def test_poisson_plain_lagrangian_with_lbfgs_error_points_to_augmented_lagrangian():
+    """The PDE tutorial's Poisson problem (−u'' = π² sin πx, u(0) = 1, u(1) = −1) under the
+    plain Lagrangian: the residual does not see u + a + bx, L-BFGS's line search runs off
+    along it and the boundary values become NaN/Inf; the error names the remedy."""
+    import math
+
+    from eclearn.pde import MLP, mean_squared
+
+    interior = {"x": torch.linspace(0, 1, 101, dtype=DTYPE)[1:-1, None]}
+    ends = torch.tensor([[0.0], [1.0]], dtype=DTYPE)
+
+    def evaluate(model, batch):
+        x = batch["x"].detach().requires_grad_(True)
+        source = math.pi**2 * torch.sin(math.pi * x[:, 0])
+        residual = -partial(model(x), x, dim=0, order=2) - source
+        u = model(ends).reshape(2)
+        return {"objective": mean_squared(residual), "left": u[0], "right": u[1]}
+
+    problem = ecl.Problem(
+        evaluate, [ecl.Equality("left", rhs=1.0), ecl.Equality("right", rhs=-1.0)]
+    )
+    torch.manual_seed(0)
+    model = MLP(in_features=1, hidden=32, depth=2).to(DTYPE)
+    optimizer = torch.optim.LBFGS(
+        model.parameters(), max_iter=20, history_size=50, line_search_fn="strong_wolfe"
+    )
+    solver = ecl.PrimalDual(problem, model, optimizer)
+    with pytest.raises(ProblemError, match=r"NaN or Inf.*AugmentedLagrangian\(rho=1\)") as info:
+        solver.fit([interior], max_steps=100, warn=False)
+    assert "\n" not in str(info.value)

@@ -64,7 +64,11 @@ def prepare_batch(
 
 
 def _exact_length(batches: Iterable[Any]) -> int | None:
-    """The number of batches of one pass when it is known exactly, else None."""
+    """The number of batches of one pass when it is known exactly, else None. (An
+    iterable with its own ``state_dict`` resumes from its own position, so its pass ends
+    when it says so.)"""
+    if hasattr(batches, "state_dict"):
+        return None
     if isinstance(batches, (list, tuple, Batches)):
         return len(batches)
     if isinstance(batches, torch.utils.data.DataLoader) and not isinstance(
@@ -119,9 +123,10 @@ class BatchStream:
     def end_if_complete(self, batches: Iterable[Any]) -> bool:
         """End the pass now (``epoch`` += 1) when its last batch has been served and the
         iterable's length is known exactly (lists, tuples, ``ecl.Batches``, a
-        ``DataLoader`` over a map-style dataset), so that a fit stopped by ``max_steps`` at
-        an epoch's last batch counts that epoch. Other iterables end their pass at the
-        next request, as before. Returns whether the pass ended."""
+        ``DataLoader`` over a map-style dataset; not one with its own ``state_dict``), so
+        that a fit stopped by ``max_steps`` at an epoch's last batch counts that epoch.
+        Other iterables end their pass at the next request, as before. Returns whether
+        the pass ended."""
         if self._iterator is None or self._iterable is not batches or self.batch_in_epoch == 0:
             return False
         length = _exact_length(batches)

@@ -173,7 +173,10 @@ def test_diagnose_only_examines_the_steps_of_this_fit():
     multiplier = np.r_[1.03**T, np.full(30, 1.03**200)]
     history = history_of(violation, multiplier)
     assert [d.kind for d in diagnose(history, EQ, start=200)] == ["drift"]
-    assert [d.kind for d in diagnose(history, EQ, start=0)] == []
+    # over both fits the multiplier grew, then stopped: neither signature, but the constraint
+    # ends violated (0.5), so it is still reported (this asserted [] before every violated
+    # constraint got a diagnostic)
+    assert [d.kind for d in diagnose(history, EQ, start=0)] == ["unmet"]
     assert diagnose(history, EQ, start=215) == []  # fewer than 20 steps: too few to judge
 
 
@@ -196,3 +199,111 @@ def test_linearly_growing_multiplier_of_an_infeasible_constraint_is_reported(sou
         found = solver.fit(full_batch(), max_steps=200, warn=False).diagnostics
         assert 19 < solver.multipliers["g"].item() < 21  # λ ≈ 0.1·t: linear growth
     assert [d.kind for d in found] == ["diverging"]
+
+
+# --- every constraint that ends violated gets one diagnostic ----------------------------------
+# Guards a fixed core bug; before the fix: ramping/diverging needed the violation not to be
+# shrinking (q4 ≥ 0.8·q3) and the multiplier to grow by > 30 % over the last half, so a
+# violation that falls (slowly) under a steadily ramping multiplier, a multiplier that built up
+# early and keeps climbing, and a multiplier that moves back and forth got no diagnostic at all
+@pytest.mark.parametrize(
+    ("violation", "multiplier", "expected"),
+    [
+        (0.5 * 0.99**T, 0.01 * T, "ramping"),  # falls by > 20 % per quarter
+        (0.08 + 0 * T, 20 + 0.02 * T, "diverging"),  # built up early: +8 % over the last half
+        (0.3 + 0 * T, 5 + 2 * np.sin(T / 20), "unmet"),  # neither growing nor settled
+    ],
+    ids=["ramping-shrinking", "diverging-built-up-early", "unmet"],
+)
+def test_constraints_ending_violated_get_a_diagnostic(violation, multiplier, expected):
+    found = diagnose(history_of(violation, multiplier), EQ)
+    assert [(d.kind, d.constraint) for d in found] == [(expected, "h")]
+    assert "h: " in found[0].message
+
+
+def test_random_histories_ending_violated_always_get_one_diagnostic():
+    """The invariant: every constraint whose last-quarter violation and final stretch are
+    beyond tolerance gets exactly one diagnostic naming it; one within tolerance at most an
+    `oscillation` (swings that average out are still reported)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        level = rng.uniform(-1, 1) * 10 ** rng.uniform(-4, 0)
+        violation = level * (1 + rng.uniform(-1, 1) * np.exp(-T / rng.uniform(5, 300)))
+        violation = violation + rng.normal(0, 10 ** rng.uniform(-5, -1), T.size)
+        multiplier = np.cumsum(rng.normal(rng.uniform(-0.1, 0.1), rng.uniform(0, 0.2), T.size))
+        found = diagnose(history_of(violation, multiplier), EQ)
+        ended_violated = abs(violation[-50:].mean()) > 1e-3 and np.abs(violation[-12:]).max() > 1e-3
+        kinds = [d.kind for d in found]
+        if ended_violated:
+            assert len(found) == 1, (level, kinds)
+        else:
+            assert kinds in ([], ["oscillation"]), (level, kinds)
+        assert all(d.constraint == "h" for d in found)
+
+
+def test_faq_case_adam_dual_too_slow_is_ramping():
+    """θ = 1 under min ½θ² with ecl.dual.Adam(1e-3): the multiplier moves ≈ 1e-3 per step,
+    reaching −0.28 of the −1 it needs after 300 steps; the violation falls."""
+
+    def evaluate(model, batch):
+        theta = model().sum()
+        return {"objective": 0.5 * theta**2, "h": theta}
+
+    problem = ecl.Problem(evaluate, [ecl.Equality("h", rhs=1.0)])
+    solver = sgd_solver(problem, Vector([0.0]), lr=0.5, dual=ecl.dual.Adam(1e-3))
+    result = solver.fit(full_batch(), max_steps=300, warn=False)
+    assert solver.multipliers["h"].item() == pytest.approx(-0.28, abs=0.01)
+    assert [d.kind for d in result.diagnostics] == ["ramping"]
+    assert "Raise the dual learning rate" in result.diagnostics[0].message
+
+
+# Guards a fixed core bug; before the fix: the oscillation window still held the swings of a
+# first-order phase after an L-BFGS phase had converged, so a converged fit was flagged
+def test_no_oscillation_after_a_phase_switch_that_converged():
+    """θ = 1 under min ½θ²: SGD(0.02) with dual SGD(0.5) swings (period ≈ 60 steps), then
+    L-BFGS minimises the Lagrangian exactly (θ = −μ) and the dual step halves the error:
+    the fit ends at the KKT point θ = 1, μ = −1."""
+
+    def evaluate(model, batch):
+        theta = model().sum()
+        return {"objective": 0.5 * theta**2, "h": theta}
+
+    problem = ecl.Problem(evaluate, [ecl.Equality("h", rhs=1.0)])
+    model = Vector([0.0])
+    sgd = torch.optim.SGD(model.parameters(), lr=0.02)
+    lbfgs = torch.optim.LBFGS(model.parameters(), max_iter=20, line_search_fn="strong_wolfe")
+    phases = ecl.Phases([(sgd, 300), (lbfgs, None)])
+    solver = ecl.PrimalDual(problem, model, phases, ecl.dual.SGD(0.5), dtype=F64)
+    result = solver.fit(full_batch(), max_steps=360, warn=False)
+    violation = solver.history["violation/h"]
+    assert np.abs(violation[180:300]).max() > 0.1  # the first phase swung in the window
+    assert model.theta.item() == pytest.approx(1.0, abs=1e-9)
+    assert solver.multipliers["h"].item() == pytest.approx(-1.0, abs=1e-9)
+    assert result.diagnostics == []
+
+
+# Guards a fixed core bug; before the fix: a multiplier frozen by a dual learning rate of 0
+# (fixed weights chosen by the user, like ecl.Penalty) was reported as `drift`, blaming the
+# primal optimizer
+def test_zero_dual_learning_rate_is_a_fixed_weight_not_drift():
+    def evaluate(model, batch):
+        theta = model().sum()
+        return {"objective": 0.5 * theta**2, "h": theta}
+
+    problem = ecl.Problem(evaluate, [ecl.Equality("h", rhs=1.0, init=0.5)])
+    solver = sgd_solver(problem, Vector([0.0]), lr=0.5, dual=ecl.dual.SGD(0.0))
+    result = solver.fit(full_batch(), max_steps=100, warn=False)
+    assert model_theta(solver) == pytest.approx(-0.5, abs=1e-6)  # argmin ½θ² + 0.5 θ
+    assert [d.kind for d in result.diagnostics] == ["penalty"]
+    message = result.diagnostics[0].message
+    assert "dual learning rate of 0" in message and "primal optimizer" not in message
+    # a constraint's own lr=0 likewise; the other constraint is still judged as usual
+    problem = ecl.Problem(evaluate, [ecl.Equality("h", rhs=1.0, lr=0.0)])
+    solver = sgd_solver(problem, Vector([0.0]), lr=0.5, dual=ecl.dual.SGD(0.1))
+    assert [d.kind for d in solver.fit(full_batch(), max_steps=100, warn=False).diagnostics] == [
+        "penalty"
+    ]
+
+
+def model_theta(solver):
+    return solver.model.theta.item()

@@ -567,3 +567,26 @@ def test_fit_in_pieces_with_equal_but_new_lists():
     pieces.fit(batches(), max_steps=3, warn=False)
     pieces.fit(batches(), max_steps=3, warn=False)
     np.testing.assert_array_equal(pieces.history.to_numpy(), whole.history.to_numpy())
+
+
+# Guards a fixed core bug; before the fix: a pass ended only when the next batch was asked
+# for, so max_steps stopping at an epoch's last batch left that epoch uncounted: 1500 steps on
+# a one-batch list reported 1499 epochs and a following fit(epochs=3) ran only 2 steps
+@pytest.mark.parametrize("kind", ["list", "batches"])
+def test_max_steps_at_an_epochs_last_batch_counts_the_epoch(kind):
+    reseed(0)
+    solver, batches = pointwise_adam()  # 4 batches per epoch
+    ended: list[int] = []
+
+    class Count(ecl.Callback):
+        def on_epoch_end(self, view):
+            ended.append(view.step)
+
+    if kind == "list":
+        batches = [next(iter(batches))]  # one batch: every step ends an epoch
+    per_epoch = len(batches)
+    first = solver.fit(batches, max_steps=3 * per_epoch, callbacks=[Count()], warn=False)
+    assert (first.steps, first.epochs) == (3 * per_epoch, 3)
+    assert ended == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    second = solver.fit(batches, epochs=3, warn=False)
+    assert (second.steps, second.epochs) == (6 * per_epoch, 6)

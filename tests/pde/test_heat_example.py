@@ -147,3 +147,29 @@ def test_error_block_scores_the_exact_solution(page):
     namespace = dict(page, model=Field(lambda p: torch.zeros_like(p[:, 0])))
     exec(compile(namespace.pop("_final_block"), str(DOC), "exec"), namespace)
     assert namespace["rel_l2"] == pytest.approx(1.0)
+
+
+# Guards a fixed core bug; before the fix: the solver measured the violations of
+# mode="alternating" (and L-BFGS) steps under torch.no_grad(), where `partial` returned zeros,
+# so the dual step saw a PDE residual of 0
+@pytest.mark.parametrize("mode", ["alternating", "lbfgs"])
+def test_solver_measures_the_pages_residuals_with_derivatives(page, points, mode):
+    import eclearn as ecl
+    from eclearn.pde import MLP
+
+    torch.manual_seed(0)
+    model = MLP(in_features=2, hidden=8, depth=2).to(DTYPE)
+    names = ("pde", "ic", "bc")
+    problem = ecl.Problem(page["evaluate"], [ecl.Equality(n) for n in names])
+    if mode == "lbfgs":
+        optimizer = torch.optim.LBFGS(model.parameters(), lr=1e-12, max_iter=1)
+        solver = ecl.PrimalDual(problem, model, optimizer, dtype=DTYPE)
+    else:  # lr 0: the model after the step is the model before it
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        solver = ecl.PrimalDual(problem, model, optimizer, mode="alternating", dtype=DTYPE)
+    solver.fit([points], max_steps=1, warn=False)
+    expected = page["evaluate"](model, points)
+    row = solver.history.last()
+    assert expected["pde"].item() > 1e-4  # an untrained network has a real residual
+    for name in names:
+        assert row[f"violation/{name}"] == pytest.approx(expected[name].item(), rel=1e-6)

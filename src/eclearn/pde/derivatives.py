@@ -30,6 +30,7 @@ def gradient(outputs: Tensor, inputs: Tensor, *, create_graph: bool = True) -> T
     """
     if not isinstance(inputs, Tensor) or not isinstance(outputs, Tensor):
         raise TypeError("gradient(outputs, inputs): both arguments must be torch tensors")
+    _check_grad_mode("gradient")
     if not inputs.requires_grad:
         raise ValueError(
             "gradient(inputs=...): inputs.requires_grad is False, so autograd cannot "
@@ -50,6 +51,20 @@ def gradient(outputs: Tensor, inputs: Tensor, *, create_graph: bool = True) -> T
         materialize_grads=True,
     )
     return grad
+
+
+def _check_grad_mode(name: str) -> None:
+    """Input derivatives need autograd: refuse to run (rather than return zeros) under
+    ``torch.no_grad()`` / ``torch.inference_mode()``."""
+    if not torch.is_grad_enabled():
+        raise RuntimeError(
+            f"{name}: autograd is disabled (called under torch.no_grad() or "
+            "torch.inference_mode()), so derivatives with respect to the input cannot be "
+            "computed. Compute the network output and its derivatives with autograd on: "
+            "wrap them in `with torch.enable_grad():`, or pass inference=False to "
+            "ecl.evaluate / ecl.certify / the ecl.select selectors (ecl.PrimalDual measures "
+            "with autograd on)"
+        )
 
 
 def _check_field(u: Tensor, coords: Tensor, name: str) -> Tensor:
@@ -94,7 +109,11 @@ def partial(
     ``requires_grad``). ``dim`` may also be a sequence of coordinate indices for a mixed
     derivative taken in that order, e.g. ``dim=(0, 1)`` is ``∂²u / ∂x₀∂x₁`` (then
     ``order`` must be 1). Derivatives that vanish identically come back as zeros.
+
+    Needs autograd: under ``torch.no_grad()`` (or when ``u`` has no graph to ``coords``)
+    it raises instead of returning wrong zeros.
     """
+    _check_grad_mode("partial")
     u = _check_field(u, coords, "partial")
     if isinstance(dim, Sequence):
         if order != 1:
@@ -109,13 +128,16 @@ def partial(
         if isinstance(order, bool) or not isinstance(order, int) or order < 1:
             raise ValueError(f"partial(order={order!r}): must be a positive integer")
         dims = [_check_dim(dim, coords, "partial")] * order
-    if not coords.requires_grad:
+    if not coords.requires_grad or not u.requires_grad:
         gradient(u, coords)  # raises the explanatory error
     derivative = u
-    for k in dims:
+    for i, k in enumerate(dims):
         if not derivative.requires_grad:
+            # a derivative that no longer depends on the input (nor on anything that
+            # requires grad): every further derivative vanishes identically
             return torch.zeros_like(u)
-        derivative = gradient(derivative, coords, create_graph=create_graph)[:, k]
+        last = i == len(dims) - 1
+        derivative = gradient(derivative, coords, create_graph=create_graph or not last)[:, k]
     return derivative
 
 
@@ -131,6 +153,7 @@ def laplacian(
     Use ``dims`` to leave out e.g. the time column: ``laplacian(u, coords, dims=[0, 1])``
     for ``u_xx + u_yy`` with coords ``(x, y, t)``. The first derivatives are computed once.
     """
+    _check_grad_mode("laplacian")
     u = _check_field(u, coords, "laplacian")
     ks = (
         range(coords.shape[1])

@@ -23,7 +23,8 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -481,12 +482,11 @@ class PrimalDual:
                     break
                 batch = self.stream.next(batches)
                 if batch is None:
-                    if self.scheduler is not None and self.scheduler_interval == "epoch":
-                        self.scheduler.step()
-                    for hook in hooks:
-                        hook.on_epoch_end(self)
+                    self._end_epoch(hooks)
                     continue
                 self.train_step(batch)
+                if self.stream.end_if_complete(batches):  # the pass's last batch: count it now
+                    self._end_epoch(hooks)
                 steps = self.step - start_step
                 for criterion in criteria:
                     fired = criterion.check(self, steps)
@@ -501,6 +501,7 @@ class PrimalDual:
                 self.problem,
                 start=start_step,
                 updates_multipliers=self.formulation.updates_multipliers,
+                fixed=self._fixed_multipliers(),
             )
             if warn:
                 for d in diagnostics:
@@ -516,6 +517,17 @@ class PrimalDual:
             self._active = list(self.callbacks)
             self.batch_keys = saved_keys
         return result
+
+    def _fixed_multipliers(self) -> set[str]:
+        """Constraints whose dual learning rate is 0: their multipliers are fixed weights."""
+        opt = self.dual_optimizer
+        return {c.name for c in self.problem.constraints if opt.lr_for(c.name, c.lr) == 0}
+
+    def _end_epoch(self, hooks: Sequence[Callback]) -> None:
+        if self.scheduler is not None and self.scheduler_interval == "epoch":
+            self.scheduler.step()
+        for hook in hooks:
+            hook.on_epoch_end(self)
 
     # ------------------------------------------------------------------ one step
     def train_step(self, batch: Any) -> StepRecord:
@@ -669,15 +681,36 @@ class PrimalDual:
         if self.step % 256 == 255 and not bool(self._finite):
             self._raise_not_finite(ev, lagrangian, f"{where} (or up to 255 steps before)")
 
+    def _unbounded_hint(self) -> str:
+        """What to add to a NaN/Inf error under the plain Lagrangian, which is unbounded
+        below along a constrained quantity the objective does not depend on."""
+        if type(self.formulation) is not Lagrangian or not self.problem.constraints:
+            return ""
+        return (
+            "; if the objective does not depend on a constrained quantity (e.g. boundary "
+            "values under a PDE-residual objective) the Lagrangian is unbounded below along "
+            "it and a line search (L-BFGS) runs off along it: use "
+            "formulation=ecl.AugmentedLagrangian(rho=1)"
+        )
+
+    def _check_terms(self, terms: Mapping[str, Tensor], where: str) -> None:
+        try:
+            check_finite(terms, where)
+        except ProblemError as error:
+            hint = self._unbounded_hint()
+            if not hint:
+                raise
+            raise ProblemError(str(error).rstrip(".") + hint) from None
+
     def _raise_not_finite(self, ev: Evaluation, lagrangian: Tensor, where: str) -> None:
         terms = dict(ev.values)
         if ev.objective is not None:
             terms = {"objective": ev.objective, **terms}
-        check_finite(terms, where)
-        check_finite({"multipliers": self.multiplier_tables.dense.value}, where)
+        self._check_terms(terms, where)
+        self._check_terms({"multipliers": self.multiplier_tables.dense.value}, where)
         raise ProblemError(
             f"{where}: the Lagrangian is {float(lagrangian)}; lower the learning rates or check "
-            "the constraint scales"
+            f"the constraint scales{self._unbounded_hint()}"
         )
 
     def _loss_of(self, batch: Any, step: int) -> Tensor:
@@ -734,8 +767,15 @@ class PrimalDual:
             optimizer.step()
 
     def _measure(self, batch: Any, step: int) -> Evaluation:
-        """A fresh evaluation after the primal update (no autograd) for the dual step."""
-        fresh = self._forward(batch, step, grad=False)
+        """A fresh evaluation after the primal update for the dual step.
+
+        Autograd stays on but the trained parameters are frozen for the pass
+        (``requires_grad=False``): an ordinary problem then builds no graph at all (as
+        under ``torch.no_grad()``), while statistics built from derivatives with respect
+        to the *input* (PDE residuals: ``coords.requires_grad_()`` and
+        :func:`eclearn.pde.partial`) are still computed correctly."""
+        with self._frozen_parameters():
+            fresh = self._forward(batch, step, grad=True).frozen()
         if self.comm is not None:
             fresh = globalize(
                 fresh,
@@ -751,8 +791,28 @@ class PrimalDual:
             terms["objective"] = fresh.measured_objective
         flat = torch.cat([t.reshape(-1).double() for t in terms.values()]) if terms else None
         if flat is not None and not bool(torch.isfinite(flat).all()):
-            check_finite(terms, f"step {step}")
+            self._check_terms(terms, f"step {step}")
         return fresh
+
+    @contextmanager
+    def _frozen_parameters(self) -> Iterator[None]:
+        """Set ``requires_grad=False`` on every trained parameter (the model's and the
+        primal optimizer's) for the duration, restoring each flag afterwards."""
+        seen: dict[int, Tensor] = {id(p): p for p in self.model.parameters()}
+        for group in self.primal_optimizer.param_groups:
+            seen.update((id(t), t) for t in group["params"])
+        frozen = [p for p in seen.values() if p.requires_grad]
+        for p in frozen:
+            p.requires_grad_(False)
+        # DDP prepares a gradient reduction after a forward pass under grad mode: there is no
+        # backward pass here, so skip it
+        ddp = isinstance(self.model, nn.parallel.DistributedDataParallel)
+        try:
+            with self.model.no_sync() if ddp else nullcontext():  # type: ignore[operator]
+                yield
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
 
     @torch.no_grad()
     def _record(

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from eclearn import _rng
+from eclearn.batches import Batches
 from eclearn.problem import ProblemError
 
 __all__ = ["BatchStream", "prepare_batch"]
@@ -60,6 +61,21 @@ def prepare_batch(
         f"keys=...), got {type(batch).__name__}; an iterable of batches is passed to fit, "
         "not a single batch"
     )
+
+
+def _exact_length(batches: Iterable[Any]) -> int | None:
+    """The number of batches of one pass when it is known exactly, else None. (An
+    iterable with its own ``state_dict`` resumes from its own position, so its pass ends
+    when it says so.)"""
+    if hasattr(batches, "state_dict"):
+        return None
+    if isinstance(batches, (list, tuple, Batches)):
+        return len(batches)
+    if isinstance(batches, torch.utils.data.DataLoader) and not isinstance(
+        batches.dataset, torch.utils.data.IterableDataset
+    ):
+        return len(batches)
+    return None
 
 
 def _move(value: Any, device: torch.device | None) -> Any:
@@ -103,6 +119,23 @@ class BatchStream:
             return None
         self.batch_in_epoch += 1
         return batch
+
+    def end_if_complete(self, batches: Iterable[Any]) -> bool:
+        """End the pass now (``epoch`` += 1) when its last batch has been served and the
+        iterable's length is known exactly (lists, tuples, ``ecl.Batches``, a
+        ``DataLoader`` over a map-style dataset; not one with its own ``state_dict``), so
+        that a fit stopped by ``max_steps`` at an epoch's last batch counts that epoch.
+        Other iterables end their pass at the next request, as before. Returns whether
+        the pass ended."""
+        if self._iterator is None or self._iterable is not batches or self.batch_in_epoch == 0:
+            return False
+        length = _exact_length(batches)
+        if length is None or self.batch_in_epoch < length:
+            return False
+        self._iterator = None
+        self.batch_in_epoch = 0
+        self.epoch += 1
+        return True
 
     def _start(self, batches: Iterable[Any]) -> None:
         self._iterable = batches

@@ -478,6 +478,18 @@ class Problem:
                 f"not have (keys: {sorted(map(str, batch))}); add it to the batches or fix the "
                 "key in evaluate"
             ) from err
+        except TypeError as err:
+            positional = isinstance(batch, (tuple, list)) and "indices must be integers" in str(
+                err
+            )
+            if not positional:
+                raise
+            raise ProblemError(
+                f"{self._where(step)}: evaluate indexed the batch by name, but the batch is a "
+                f"{type(batch).__name__} of {len(batch)} tensors (e.g. from "
+                "DataLoader(TensorDataset(...))); name its parts with fit(..., keys=('x', "
+                "'y', ...)) or index it by position in evaluate"
+            ) from err
         return self.validate(out, batch, step=step)
 
     def _where(self, step: int | None) -> str:

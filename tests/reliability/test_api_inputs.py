@@ -60,6 +60,13 @@ CASES = [
         r"\(keys: \['x', 'y'\]\)",
     ),
     (
+        "tuple batch read by name",
+        regression,
+        [(X, Y)],
+        r"step 1: evaluate indexed the batch by name, but the batch is a tuple of 2 tensors .* "
+        r"keys=",
+    ),
+    (
         "not a batch",
         regression,
         [42],

@@ -32,7 +32,6 @@ from eclearn._io import CheckpointError, atomic_write_text, load_checkpoint
 from eclearn._rng import seed_everything
 from eclearn.certify import certify
 from eclearn.datafiles import DataNotFoundError
-from eclearn.diagnostics import diagnose
 from eclearn.distributed import ShardedBatches
 from eclearn.experiments import registry
 from eclearn.experiments.base import Experiment, ExperimentConfig, RunContext, Setup
@@ -657,12 +656,7 @@ def _run(
         )
     seconds = previous + result.seconds
     reason = finished or result.stop_reason
-    diagnostics = diagnose(
-        solver.history,
-        solver.problem,
-        start=0,
-        updates_multipliers=solver.formulation.updates_multipliers,
-    )
+    diagnostics = solver.diagnose(start=0)
     result = dataclasses.replace(
         result, diagnostics=diagnostics, seconds=seconds, stop_reason=reason
     )

@@ -69,7 +69,7 @@ import torch
 from torch import Tensor
 
 from eclearn import _rng
-from eclearn.diagnostics import Diagnostic, DiagnosticWarning, diagnose
+from eclearn.diagnostics import Diagnostic, DiagnosticWarning
 from eclearn.problem import Problem
 from eclearn.solver.loop import PrimalDual, StepRecord
 
@@ -309,12 +309,7 @@ class ConstrainedModule:
         as a :class:`~eclearn.DiagnosticWarning` on rank 0."""
         if self.has_solver:
             solver = self.solver
-            self.diagnostics = diagnose(
-                solver.history,
-                solver.problem,
-                start=int(self.__dict__.get("_eclearn_start", 0)),
-                updates_multipliers=solver.formulation.updates_multipliers,
-            )
+            self.diagnostics = solver.diagnose(start=int(self.__dict__.get("_eclearn_start", 0)))
             module: Any = self
             if module.trainer.is_global_zero:
                 for d in self.diagnostics:

@@ -496,13 +496,7 @@ class PrimalDual:
                     reason = self._stop_reason
                     break
             seconds = time.perf_counter() - began
-            diagnostics = diagnose(
-                self.history,
-                self.problem,
-                start=start_step,
-                updates_multipliers=self.formulation.updates_multipliers,
-                fixed=self._fixed_multipliers(),
-            )
+            diagnostics = self.diagnose(start=start_step)
             if warn:
                 for d in diagnostics:
                     warnings.warn(d.message, DiagnosticWarning, stacklevel=2)
@@ -517,6 +511,18 @@ class PrimalDual:
             self._active = list(self.callbacks)
             self.batch_keys = saved_keys
         return result
+
+    def diagnose(self, start: int = 0) -> list[Diagnostic]:
+        """:func:`eclearn.diagnose` of the history from step ``start`` on, with what this
+        solver knows: whether its formulation moves multipliers, and which constraints have
+        a dual learning rate of 0 (fixed weights)."""
+        return diagnose(
+            self.history,
+            self.problem,
+            start=start,
+            updates_multipliers=self.formulation.updates_multipliers,
+            fixed=self._fixed_multipliers(),
+        )
 
     def _fixed_multipliers(self) -> set[str]:
         """Constraints whose dual learning rate is 0: their multipliers are fixed weights."""

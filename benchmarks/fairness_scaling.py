@@ -9,6 +9,15 @@ MLPClassifier())``) and ``regression`` (``FairRegressor`` bounded group loss vs 
     python benchmarks/fairness_scaling.py scaling --rows 10000 --method eclearn --seed 0
     python benchmarks/fairness_scaling.py compas-mlp --split 0
     python benchmarks/fairness_scaling.py regression --seed 0
+    python benchmarks/fairness_scaling.py swing            # exact-rate swing, last 100 steps
+    python benchmarks/fairness_scaling.py seeds            # init="unconstrained" vs random_state
+    python benchmarks/fairness_scaling.py cold --cold      # first fit of a fresh process vs warm
+    python benchmarks/fairness_scaling.py table FILE.jsonl # the tables of the lines in FILE
+
+``seeds`` fits ``FairClassifier()`` on COMPAS split 0 with ``random_state`` 0–4 and reports
+the largest coefficient difference and the step counts; ``cold`` fits the same COMPAS split
+twice in this process (with ``--cold`` the first fit pays every one-time import and
+first-call cost, as a user's first fit does) and reports both times.
 """
 
 from __future__ import annotations
@@ -128,9 +137,185 @@ def swing_case(args) -> dict:
     return out
 
 
+def seeds_case(args) -> dict:
+    """``init="unconstrained"`` (the default): does the fit depend on ``random_state``?"""
+    from eclearn.fairness import FairClassifier, compas_split
+
+    d = compas_split(0, args.data)
+    fits = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for seed in range(5):
+            clf = FairClassifier(random_state=seed).fit(
+                d.x_train, d.y_train, sensitive_features=d.g_train
+            )
+            fits.append(clf)
+    coef = np.stack([np.r_[c.coef_.ravel(), c.intercept_.ravel()] for c in fits])
+    preds = np.stack([c.predict(d.x_test) for c in fits])
+    return {
+        "random_states": list(range(5)),
+        "steps": [c.n_steps_ for c in fits],
+        "selected": [c.selected_iter_ for c in fits],
+        "max_coef_difference": float(np.abs(coef - coef[0]).max()),
+        "test_predictions_identical": bool((preds == preds[0]).all()),
+    }
+
+
+def cold_case(args) -> dict:
+    """Time two fits on COMPAS split 0 in this process (see ``--cold``)."""
+    began = time.perf_counter()
+    from eclearn.fairness import FairClassifier, compas_split
+
+    imports = time.perf_counter() - began
+    d = compas_split(0, args.data)
+    times = []
+    for _ in range(2):
+        began = time.perf_counter()
+        FairClassifier().fit(d.x_train, d.y_train, sensitive_features=d.g_train)
+        times.append(time.perf_counter() - began)
+    return {
+        "import_seconds": imports,
+        "first_fit_seconds": times[0],
+        "second_fit_seconds": times[1],
+        "first_minus_second": times[0] - times[1],
+    }
+
+
+def _mean(values) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "—"
+    sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+    return f"{np.mean(values):.4f} ± {sd:.4f}"
+
+
+def _paired(rows: list[dict], key: str) -> dict:
+    """eclearn and fairlearn rows of one configuration, by split/seed."""
+    out: dict = {}
+    for r in rows:
+        out.setdefault(r.get(key), {})[r["method"]] = r
+    return {k: v for k, v in out.items() if {"eclearn", "fairlearn"} <= set(v)}
+
+
+def _classifier_table(rows: list[dict], key: str, label: str) -> list[str]:
+    lines = [
+        f"| {label} | method | n | fit s (median) | peak RSS MB (max) | test accuracy | "
+        "test disparity | train disparity | load |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    configs = sorted({r.get("rows", 0) for r in rows})
+    notes = []
+    for n in configs:
+        mine = [r for r in rows if r.get("rows", 0) == n]
+        for method in ("eclearn", "fairlearn"):
+            rs = [r for r in mine if r["method"] == method]
+            if not rs:
+                continue
+            peaks = [r["peak_rss_mb"] for r in rs if "peak_rss_mb" in r]
+            rss = f"{max(peaks):.0f}" if peaks else "—"
+            lines.append(
+                f"| {n or 'COMPAS'} | {method} | {len(rs)} | "
+                f"{np.median([r['fit_seconds'] for r in rs]):.2f} | "
+                f"{rss} | {_mean([r['test_accuracy'] for r in rs])} | "
+                f"{_mean([r['test_disparity'] for r in rs])} | "
+                f"{_mean([r['train_disparity'] for r in rs])} | "
+                f"{min(r['load'] for r in rs):.1f}–{max(r['load'] for r in rs):.1f} |"
+            )
+        pairs = _paired(mine, key)
+        if pairs:
+            ratio = [
+                p["fairlearn"]["fit_seconds"] / p["eclearn"]["fit_seconds"] for p in pairs.values()
+            ]
+            dacc = [
+                p["eclearn"]["test_accuracy"] - p["fairlearn"]["test_accuracy"]
+                for p in pairs.values()
+            ]
+            ddis = [
+                p["eclearn"]["test_disparity"] - p["fairlearn"]["test_disparity"]
+                for p in pairs.values()
+            ]
+            notes.append(
+                f"- {n or 'COMPAS'}: {len(pairs)} paired {key}s; Fairlearn/eclearn fit time "
+                f"median {np.median(ratio):.2f}× (min {min(ratio):.2f}, max {max(ratio):.2f}); "
+                f"test accuracy eclearn − Fairlearn {np.mean(dacc):+.4f} (min {min(dacc):+.4f}); "
+                f"test disparity eclearn − Fairlearn {np.mean(ddis):+.4f} "
+                f"(eclearn no worse on {sum(d <= 0 for d in ddis)} of {len(ddis)})"
+            )
+    return [*lines, "", *notes]
+
+
+def table(paths: list[Path]) -> str:
+    """Markdown tables of the JSON lines in ``paths`` (every case found)."""
+    rows = [json.loads(line) for p in paths for line in p.read_text().splitlines() if line.strip()]
+    out: list[str] = []
+    scaling = [r for r in rows if r["case"] == "scaling"]
+    if scaling:
+        out += ["### scaling", "", *_classifier_table(scaling, "seed", "rows"), ""]
+    mlp = [r for r in rows if r["case"] == "compas-mlp"]
+    if mlp:
+        out += ["### compas-mlp", "", *_classifier_table(mlp, "split", "data"), ""]
+    reg = [r for r in rows if r["case"] == "regression"]
+    if reg:
+        out += [
+            "### regression",
+            "",
+            "| method | n | fit s (median) | train max group loss (max) | test max group loss | "
+            "test MSE | load |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for method in ("eclearn", "fairlearn"):
+            rs = [r for r in reg if r["method"] == method]
+            if rs:
+                out.append(
+                    f"| {method} | {len(rs)} | {np.median([r['fit_seconds'] for r in rs]):.2f} | "
+                    f"{max(max(r['train_group_loss']) for r in rs):.5f} | "
+                    f"{_mean([max(r['test_group_loss']) for r in rs])} | "
+                    f"{_mean([r['test_mse'] for r in rs])} | "
+                    f"{min(r['load'] for r in rs):.1f}–{max(r['load'] for r in rs):.1f} |"
+                )
+        pairs = _paired(reg, "seed")
+        if pairs:
+            ratio = [
+                p["fairlearn"]["fit_seconds"] / p["eclearn"]["fit_seconds"] for p in pairs.values()
+            ]
+            dmse = [p["eclearn"]["test_mse"] - p["fairlearn"]["test_mse"] for p in pairs.values()]
+            out += [
+                "",
+                f"- bound {reg[0]['bound']}; {len(pairs)} paired seeds; Fairlearn/eclearn fit "
+                f"time median {np.median(ratio):.2f}×; test MSE eclearn − Fairlearn "
+                f"{np.mean(dmse):+.5f} (eclearn lower on {sum(d < 0 for d in dmse)})",
+            ]
+        out.append("")
+    for r in rows:
+        if r["case"] == "swing":
+            out += [
+                "### swing",
+                "",
+                "| data | fits | swing median | swing max | < 0.01 | smallest-group swing max | "
+                "feasible |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            for name in ("compas", "six_groups"):
+                sw = [x["swing"] for x in r[name]]
+                out.append(
+                    f"| {name} | {len(sw)} | {np.median(sw):.3f} | {max(sw):.3f} | "
+                    f"{sum(v < 0.01 for v in sw)} | "
+                    f"{max(x['smallest_group_swing'] for x in r[name]):.3f} | "
+                    f"{sum(x['feasible'] for x in r[name])} |"
+                )
+            out += ["", f"- load {r['load']:.1f}", ""]
+        elif r["case"] in ("seeds", "cold"):
+            body = {k: v for k, v in r.items() if k not in ("case", "method", "cold")}
+            out += [f"- {r['case']}: {json.dumps(body)}"]
+    return "\n".join(out) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
-    parser.add_argument("case", choices=["scaling", "compas-mlp", "regression", "swing"])
+    parser.add_argument(
+        "case", choices=["scaling", "compas-mlp", "regression", "swing", "seeds", "cold", "table"]
+    )
+    parser.add_argument("files", nargs="*", type=Path, help="table: JSON-line files to read")
     parser.add_argument("--rows", type=int, default=10_000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", type=int, default=0)
@@ -140,6 +325,9 @@ def main(argv=None) -> int:
     parser.add_argument("--cold", action="store_true", help="time the process's first fit")
     parser.add_argument("--set", nargs="*", default=[], help="FairClassifier KEY=VALUE options")
     args = parser.parse_args(argv)
+    if args.case == "table":
+        print(table(args.files), end="")
+        return 0
     torch.set_num_threads(1)
     from threadpoolctl import threadpool_limits
 
@@ -195,6 +383,10 @@ def main(argv=None) -> int:
         )
     elif args.case == "swing":
         row.update(swing_case(args))
+    elif args.case == "seeds":
+        row.update(seeds_case(args))
+    elif args.case == "cold":
+        row.update(cold_case(args))
     else:
         rng = np.random.default_rng(args.seed)
         n = 5000

@@ -22,6 +22,7 @@ from eclearn.fairness import (
     positive_rate,
 )
 from eclearn.fairness.experiment import (
+    FairlearnComparisonWarning,
     FairnessConfig,
     FairnessExperiment,
     bootstrap_disparity_ci,
@@ -243,6 +244,27 @@ def test_runner_writes_run_directory_and_report_figures(tmp_path, compas_path):
     paths = FairnessExperiment.report_figures(runs, out)
     assert {p.name for p in paths} == {"fairness-tradeoff.png", "fairness-prescribed.png"}
     assert all(p.stat().st_size > 0 for p in paths)
+
+
+def test_missing_fairlearn_comparison_warns_with_the_reason(tmp_path, monkeypatch):
+    import sys
+    from types import SimpleNamespace
+
+    from eclearn.fairness.experiment import _fairlearn_points
+
+    run = SimpleNamespace(metrics={"split": 0}, path=tmp_path / "runs" / "r0", info={})
+    # no benchmark JSON and fairlearn not importable: None, and a warning that says both
+    monkeypatch.setitem(sys.modules, "fairlearn.reductions", None)
+    with pytest.warns(FairlearnComparisonWarning, match="no fairness_vs_fairlearn.json.*import"):
+        assert _fairlearn_points([run], tmp_path) is None
+    # an unreadable benchmark file is named
+    (tmp_path / "fairness_vs_fairlearn.json").write_text("{not json")
+    with pytest.warns(FairlearnComparisonWarning, match="unreadable.*JSONDecodeError"):
+        assert _fairlearn_points([run], tmp_path) is None
+    # runs without splits: nothing to fit Fairlearn on
+    bare = SimpleNamespace(metrics={}, path=tmp_path / "runs" / "r1", info={})
+    with pytest.warns(FairlearnComparisonWarning, match="no split"):
+        assert _fairlearn_points([bare], tmp_path) is None
 
 
 # ---------------------------------------------------------------------------- statistics

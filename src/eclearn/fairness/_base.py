@@ -8,6 +8,7 @@ import math
 import numbers
 import time
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -32,10 +33,20 @@ from eclearn.fairness._engine import (
 )
 from eclearn.fairness.groups import GroupEncoder, SensitiveFeaturesError
 
-__all__ = ["FairBase", "FairnessConvergenceWarning"]
+__all__ = ["FairBase", "FairnessConvergenceWarning", "store_params"]
 
 WARM_START_MAX_ROWS = 50_000
 FLOAT64_MAX_ROWS = FULL_BATCH_MAX_ROWS  # full batch: float64; mini-batches: float32
+
+
+def store_params(estimator: Any, params: Mapping[str, Any]) -> None:
+    """Set every ``__init__`` argument in ``params`` (the ``locals()`` of an ``__init__``)
+    as the attribute of its name, unchanged — scikit-learn's convention (validation
+    happens in ``fit``). Shared by :class:`~eclearn.fairness.FairClassifier` and
+    :class:`~eclearn.fairness.FairRegressor`."""
+    for name, value in params.items():
+        if name != "self" and not name.startswith("__"):
+            setattr(estimator, name, value)
 
 
 class FairnessConvergenceWarning(ConvergenceWarning):
@@ -61,13 +72,49 @@ class FairBase:
 
     _kind = "classifier"
 
+    # the parameters the shared fit reads (set by the subclasses' ``__init__``)
+    constraint: str | None
+    model: Any
+    hidden_layer_sizes: Any
+    activation: str
+    alpha: float
+    learning_rate: float | str
+    dual_learning_rate: float
+    max_iter: int
+    batch_size: int | str | None
+    exact_every: int | str
+    validation_fraction: float | str | None
+    selection_tolerance: float
+    patience: int | None
+    selection: str
+    init: str
+    min_group_size: int
+    max_groups: int
+    random_state: int | None
+    groups_: np.ndarray
+
+    # ------------------------------------------------------------ hooks
+    def _formulation(self) -> str:
+        raise NotImplementedError
+
+    def _totals(
+        self, codes: np.ndarray, target: np.ndarray, w: np.ndarray, k: int
+    ) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _statistics(self, k: int, totals: dict[str, Any], running: bool) -> Any:
+        raise NotImplementedError
+
+    def _constraints(self, k: int) -> list[Any]:
+        raise NotImplementedError
+
     # ------------------------------------------------------------ parameters
     def _positive(self, name: str, value: Any, *, allow_zero: bool = False) -> None:
         ok = (
             isinstance(value, numbers.Real)
             and not isinstance(value, bool)
             and math.isfinite(value)
-            and (value >= 0 if allow_zero else value > 0)
+            and (float(value) >= 0 if allow_zero else float(value) > 0)
         )
         if not ok:
             raise ValueError(
@@ -250,7 +297,9 @@ class FairBase:
             if self.patience:
                 patience = self.patience if full else math.ceil(self.patience / 10) * every
                 stopping.append(ecl.Patience(selector, patience))
-        budget = {"max_steps": int(self.max_iter)} if full else {"epochs": int(self.max_iter)}
+        budget: dict[str, Any] = (
+            {"max_steps": int(self.max_iter)} if full else {"epochs": int(self.max_iter)}
+        )
         result = solver.fit(
             batches, warn=False, callbacks=callbacks, select=selector, stopping=stopping, **budget
         )
@@ -345,7 +394,9 @@ class FairBase:
                 worst_name, worst_component, worst_value = name, int(ex.argmax()), float(ex.max())
         self.worst_constraint_ = worst_name
         self.worst_group_ = (
-            None if worst_component is None else self._component_group(worst_name, worst_component)
+            None
+            if worst_component is None
+            else self._component_group(str(worst_name), worst_component)
         )
         self.worst_violation_ = worst_value
         if not report.constraints:

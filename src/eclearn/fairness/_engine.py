@@ -95,9 +95,10 @@ def build_model(
         torch.manual_seed(seed)
         if isinstance(spec, str):
             if spec in ("logistic", "linear"):
-                model: nn.Module = nn.Linear(n_features, n_outputs)
-                nn.init.zeros_(model.weight)
-                nn.init.zeros_(model.bias)
+                linear = nn.Linear(n_features, n_outputs)
+                nn.init.zeros_(linear.weight)
+                nn.init.zeros_(linear.bias)
+                model: nn.Module = linear
             elif spec == "mlp":
                 if activation not in ACTIVATIONS:
                     raise ValueError(

@@ -43,7 +43,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
 import eclearn as ecl
-from eclearn.fairness._base import FairBase, FairnessConvergenceWarning
+from eclearn.fairness._base import FairBase, FairnessConvergenceWarning, store_params
 from eclearn.fairness._engine import CHUNK_ROWS, Data, chunks, group_scale
 from eclearn.fairness.groups import (
     MAX_GROUPS,
@@ -189,7 +189,7 @@ class ClassifierStatistics:
                 return {"positive_rate": raw / self.group_weight.to(raw)}
             return {"positive_rate": Ratio(raw, self._cells(batch, raw.dtype).sum(0))}
         if batch is None:
-            parts = {"": raw}
+            parts: dict[str, Any] = {"": raw}
         else:
             share = batch["w"].to(raw.dtype).sum() / self.total
             parts = {"": Ratio(raw, share.expand(raw.shape))}
@@ -369,30 +369,7 @@ class FairClassifier(FairBase, ClassifierMixin, BaseEstimator):
         max_groups: int = MAX_GROUPS,
         random_state: int | None = None,
     ) -> None:
-        self.constraint = constraint
-        self.equality = equality
-        self.tolerance = tolerance
-        self.rate = rate
-        self.model = model
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.alpha = alpha
-        self.temperature = temperature
-        self.surrogate = surrogate
-        self.dual_signal = dual_signal
-        self.learning_rate = learning_rate
-        self.dual_learning_rate = dual_learning_rate
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.exact_every = exact_every
-        self.validation_fraction = validation_fraction
-        self.selection_tolerance = selection_tolerance
-        self.patience = patience
-        self.selection = selection
-        self.init = init
-        self.min_group_size = min_group_size
-        self.max_groups = max_groups
-        self.random_state = random_state
+        store_params(self, locals())
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -587,6 +564,7 @@ class FairClassifier(FairBase, ClassifierMixin, BaseEstimator):
         out = super()._fit(*args, **kwargs)
         if self._linear():
             layer = self.model_
+            assert isinstance(layer, nn.Linear)
             weight = layer.weight.detach().to(torch.float64).numpy() / self.scaler_scale_
             bias = layer.bias.detach().to(torch.float64).numpy() - weight @ self.scaler_mean_
             self.coef_, self.intercept_ = weight, bias

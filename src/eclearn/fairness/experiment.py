@@ -58,6 +58,7 @@ from eclearn.fairness.training import (
 from eclearn.solver import FitResult
 
 __all__ = [
+    "FairlearnComparisonWarning",
     "FairnessConfig",
     "FairnessExperiment",
     "bootstrap_disparity_ci",
@@ -497,32 +498,62 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return float(a.mean()), float(a.std(ddof=1)) if len(a) > 1 else 0.0
 
 
+class FairlearnComparisonWarning(UserWarning):
+    """The fairness report's trade-off figure has no Fairlearn point (the message says
+    why: no benchmark JSON was found and fairlearn is not installed, or the fit failed)."""
+
+
 def _fairlearn_points(runs: Sequence[RunRecord], out_dir: Path) -> list[dict[str, Any]] | None:
     """Fairlearn (ExponentiatedGradient, DP, eps 0.01) per split: from the benchmark's JSON
     (``fairness_vs_fairlearn.json`` in the report folder or above the runs), else fitted
-    here when fairlearn is installed, else None."""
+    here when fairlearn is installed, else None with a :class:`FairlearnComparisonWarning`
+    naming the reason (the figure is then drawn without Fairlearn)."""
+    import warnings
+
     splits = sorted({int(r.metrics["split"]) for r in runs if r.metrics and "split" in r.metrics})
     candidates = [out_dir / BENCHMARK_JSON, out_dir.parent / BENCHMARK_JSON]
     for r in runs[:1]:
         candidates += [p / BENCHMARK_JSON for p in list(r.path.parents)[:4]]
+    unreadable: list[str] = []
     for path in candidates:
         if path.is_file():
             try:
                 rows = json.loads(path.read_text(encoding="utf-8"))["results"].get("fairlearn")
-            except (OSError, ValueError, KeyError, AttributeError):
+            except (OSError, ValueError, KeyError, AttributeError) as exc:
+                unreadable.append(f"{path} ({type(exc).__name__}: {exc})")
                 continue
             if rows:
                 return [row for row in rows if row.get("split") in splits] or rows
+            unreadable.append(f"{path} (no 'fairlearn' rows)")
+    found = (
+        "unreadable benchmark file(s): " + "; ".join(unreadable)
+        if unreadable
+        else f"no {BENCHMARK_JSON} in {out_dir} or above the runs"
+    )
+    if not splits:
+        warnings.warn(
+            f"fairness report: no Fairlearn point in the trade-off figure: {found}, and the "
+            "runs record no split to fit Fairlearn on",
+            FairlearnComparisonWarning,
+            stacklevel=2,
+        )
+        return None
     try:
         from fairlearn.reductions import DemographicParity, ExponentiatedGradient
         from sklearn.linear_model import LogisticRegression
-    except ImportError:
+    except ImportError as exc:
+        warnings.warn(
+            f"fairness report: no Fairlearn point in the trade-off figure: {found}, and "
+            f"fairlearn cannot be imported ({exc}); pip install fairlearn, or run "
+            "benchmarks/fairness_vs_fairlearn.py --out <report folder>/"
+            f"{BENCHMARK_JSON.replace('.json', '.md')}",
+            FairlearnComparisonWarning,
+            stacklevel=2,
+        )
         return None
     data_path = next((r.info.get("data") for r in runs if r.info.get("data")), None)
     points = []
     try:
-        import warnings
-
         for split in splits[:10]:
             data = compas_split(split, data_path)
             eg = ExponentiatedGradient(
@@ -540,9 +571,15 @@ def _fairlearn_points(runs: Sequence[RunRecord], out_dir: Path) -> list[dict[str
                     "test_disparity": float(max(rates) - min(rates)),
                 }
             )
-    except Exception:
+    except Exception as exc:  # the figure is still drawn; say why Fairlearn is missing
+        warnings.warn(
+            f"fairness report: no Fairlearn point in the trade-off figure: {found}, and "
+            f"fitting Fairlearn here failed on split {split}: {type(exc).__name__}: {exc}",
+            FairlearnComparisonWarning,
+            stacklevel=2,
+        )
         return None
-    return points or None
+    return points
 
 
 def _tradeoff_figure(runs: Sequence[RunRecord], out_dir: Path) -> Path:
@@ -558,10 +595,10 @@ def _tradeoff_figure(runs: Sequence[RunRecord], out_dir: Path) -> Path:
         "prescribed-rate": "D",
         "equalized-odds": "v",
     }
-    colors = matplotlib.colormaps["tab20"].colors
+    colors = matplotlib.colormaps["tab20"].colors  # type: ignore[attr-defined]
     for i, (label, group) in enumerate(_by_label(runs).items()):
-        acc = _mean_std([r.metrics.get("test_accuracy") for r in group])  # type: ignore[union-attr]
-        dis = _mean_std([r.metrics.get("test_disparity") for r in group])  # type: ignore[union-attr]
+        acc = _mean_std([r.metrics.get("test_accuracy") for r in group])  # type: ignore[union-attr,misc]
+        dis = _mean_std([r.metrics.get("test_disparity") for r in group])  # type: ignore[union-attr,misc]
         ax.errorbar(
             dis[0],
             acc[0],
@@ -616,8 +653,8 @@ def _prescribed_figure(runs: Sequence[RunRecord], out_dir: Path) -> Path:
             means, stds = [], []
             for t in targets:
                 vals = [
-                    r.metrics[f"{part}_group_rates"][k]
-                    for r in runs  # type: ignore[index]
+                    r.metrics[f"{part}_group_rates"][k]  # type: ignore[index]
+                    for r in runs
                     if float(r.config["rate"]) == t
                 ]
                 m, s = _mean_std(vals)
@@ -646,8 +683,8 @@ def _tolerance_figure(runs: Sequence[RunRecord], out_dir: Path) -> Path:
         stats = [
             _mean_std(
                 [
-                    r.metrics[f"{part}_disparity"]
-                    for r in runs  # type: ignore[index]
+                    r.metrics[f"{part}_disparity"]  # type: ignore[index]
+                    for r in runs
                     if float(r.config["tolerance"]) == e
                 ]
             )

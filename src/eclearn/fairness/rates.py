@@ -22,6 +22,7 @@ overall and per-group rates broadcast and concatenate alike.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -149,6 +150,7 @@ def _validate(
         raise ValueError(f"labels must be 0 or 1; {int(found[1])} entries are not")
     if groups is not None:
         low, high = int(found[-2]), int(found[-1])
+        assert num_groups is not None  # checked with the shapes above
         if low < 0 or high >= num_groups:
             offending = low if low < 0 else high
             raise ValueError(
@@ -164,6 +166,7 @@ def _group_sums(
     """``Ratio(Σ_k w·v, Σ_k w)`` per group ``k`` (shape [num_groups]) or overall (shape [1])."""
     if groups is None:
         return Ratio((weights * values).sum().reshape(1), weights.sum().reshape(1))
+    assert num_groups is not None  # _validate requires it with groups
     zeros = values.new_zeros(num_groups)
     return Ratio(zeros.index_add(0, groups, weights * values), zeros.index_add(0, groups, weights))
 
@@ -182,7 +185,7 @@ def group_mean(
 def _conditional_rate(
     scores: Tensor,
     labels: Tensor | None,
-    label: int | None,
+    label: int,
     groups: Tensor | None,
     num_groups: int | None,
     surrogate: str,
@@ -191,7 +194,7 @@ def _conditional_rate(
     _check_options(surrogate, temperature)
     groups = _validate(scores, labels, groups, num_groups)
     weights = (
-        torch.ones_like(scores.detach()) if labels is None else (labels == label).to(scores.dtype)
+        torch.ones_like(scores.detach()) if labels is None else labels.eq(label).to(scores.dtype)
     )
     return _group_sums(indicator(scores, surrogate, temperature), weights, groups, num_groups)
 
@@ -208,7 +211,7 @@ def positive_rate(
 
     Without ``groups``, the overall rate with shape [1].
     """
-    return _conditional_rate(scores, None, None, groups, num_groups, surrogate, temperature)
+    return _conditional_rate(scores, None, 1, groups, num_groups, surrogate, temperature)
 
 
 def overall_positive_rate(
@@ -264,7 +267,7 @@ def demographic_parity_gap(
     Demographic parity holds when this is 0 (the paper's equality constraint). Differentiable
     for the surrogates; 0 for a group absent from ``groups``.
     """
-    options = {"surrogate": surrogate, "temperature": temperature}
+    options: dict[str, Any] = {"surrogate": surrogate, "temperature": temperature}
     by_group = positive_rate(scores, groups, num_groups, **options)
     return _gap(by_group, positive_rate(scores, **options))
 
@@ -283,7 +286,7 @@ def equalized_odds_gap(
     Order: ``[TPR_0 − TPR, ..., TPR_{K−1} − TPR, FPR_0 − FPR, ..., FPR_{K−1} − FPR]``.
     Equalized odds holds when all are 0. A (group, label) cell without samples gives 0.
     """
-    options = {"surrogate": surrogate, "temperature": temperature}
+    options: dict[str, Any] = {"surrogate": surrogate, "temperature": temperature}
     tpr = _gap(
         true_positive_rate(scores, labels, groups, num_groups, **options),
         true_positive_rate(scores, labels, **options),

@@ -34,7 +34,7 @@ from sklearn.utils.validation import check_is_fitted
 from torch import Tensor, nn
 
 import eclearn as ecl
-from eclearn.fairness._base import FairBase
+from eclearn.fairness._base import FairBase, store_params
 from eclearn.fairness._engine import group_scale
 from eclearn.fairness.groups import MAX_GROUPS, MIN_GROUP_SIZE
 from eclearn.statistics import Ratio
@@ -130,25 +130,7 @@ class FairRegressor(FairBase, RegressorMixin, BaseEstimator):
         max_groups: int = MAX_GROUPS,
         random_state: int | None = None,
     ) -> None:
-        self.constraint = constraint
-        self.bound = bound
-        self.model = model
-        self.hidden_layer_sizes = hidden_layer_sizes
-        self.activation = activation
-        self.alpha = alpha
-        self.learning_rate = learning_rate
-        self.dual_learning_rate = dual_learning_rate
-        self.max_iter = max_iter
-        self.batch_size = batch_size
-        self.exact_every = exact_every
-        self.validation_fraction = validation_fraction
-        self.selection_tolerance = selection_tolerance
-        self.patience = patience
-        self.selection = selection
-        self.init = init
-        self.min_group_size = min_group_size
-        self.max_groups = max_groups
-        self.random_state = random_state
+        store_params(self, locals())
 
     def __sklearn_tags__(self) -> Any:
         tags = super().__sklearn_tags__()
@@ -211,6 +193,7 @@ class FairRegressor(FairBase, RegressorMixin, BaseEstimator):
         out = super()._fit(*args, **kwargs)
         if self._linear():
             layer = self.model_
+            assert isinstance(layer, nn.Linear)
             weight = layer.weight.detach().to(torch.float64).numpy()[0] / self.scaler_scale_
             bias = float(layer.bias.detach()[0]) - weight @ self.scaler_mean_
             self.coef_ = weight * self.y_scale_

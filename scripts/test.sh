@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up (if needed) and run the lint, the type check (mypy: src/ except fairness/) and the
+# Set up (if needed) and run the lint, the type check (mypy: src/) and the
 # whole test suite: the README's test command.
 # Then build the wheel and sdist, check them and run the quick start from the installed wheel
 # (scripts/check_wheel.sh; ECLEARN_SKIP_WHEEL=1 skips that step outside CI).

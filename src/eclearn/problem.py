@@ -479,9 +479,7 @@ class Problem:
                 "key in evaluate"
             ) from err
         except TypeError as err:
-            positional = isinstance(batch, (tuple, list)) and "indices must be integers" in str(
-                err
-            )
+            positional = isinstance(batch, (tuple, list)) and "indices must be integers" in str(err)
             if not positional:
                 raise
             raise ProblemError(

@@ -424,6 +424,26 @@ class InterpolationExperiment(Experiment):
     )
     budget_keys = frozenset({"max_steps"})
 
+    @classmethod
+    def memory_estimate(cls, config: ExperimentConfig) -> dict[str, float]:
+        """Order-of-magnitude bytes (float32, 32 × 32 images): activations of a training
+        and an evaluation batch (about 12 numbers per pixel and channel: forward, backward
+        and the layers' buffers; ResNet-18 counted at width 64), the parameters with their
+        gradients and momenta for the widths, and the certificate's vectorised bootstrap
+        (resamples × test batches × classes)."""
+        assert isinstance(config, InterpolationConfig)
+        width = 64 if config.model == "resnet18" else config.width or DEFAULT_WIDTH
+        hidden = config.hidden or DEFAULT_HIDDEN
+        per_image = 4.0 * 32 * 32 * width * 12
+        params = 20.0 * width**2 + (64.0 * width * hidden if config.model == "conv-mlp" else 0)
+        blocks = (config.test_size or 10_000) / config.heldout_batch_size
+        return {
+            "batch_size": per_image * config.batch_size,
+            "eval_batch_size": per_image / 3 * config.eval_batch_size,
+            "width": 4.0 * 4 * params,
+            "bootstrap_resamples": 8.0 * 100 * config.bootstrap_resamples * max(blocks, 1.0),
+        }
+
     def setup(self, config: ExperimentConfig, context: RunContext) -> Setup:
         assert isinstance(config, InterpolationConfig)
         device = torch.device(context.device)

@@ -83,7 +83,8 @@ def test_presets_validate(preset):
     for formulation in run.sweep["formulation"]:
         ConvectionConfig(**{**run.config, "formulation": formulation})
     if preset == "convection-quick":
-        assert run.sweep["formulation"][0] == "ecl-average"  # the table's first column
+        assert run.sweep["formulation"] == ["ecl-pointwise", "pinn"]  # the table's columns
+        assert run.config["optimizer"] == "lbfgs" and run.config["dtype"] == "float64"
     if preset.endswith("paper"):
         assert run.config["steps"] == 300_000 and run.seeds == [0, 1, 2, 3, 4]
         assert set(run.sweep["formulation"]) == set(FORMULATIONS)

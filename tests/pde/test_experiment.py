@@ -71,6 +71,8 @@ def test_config_rejects_invalid_values(overrides, match):
         "convection-quick",
         "convection-30",
         "convection-30-fast",
+        "convection-40-fast",
+        "convection-50-fast",
         "convection-50",
         "convection-30-paper",
         "convection-50-paper",

@@ -136,3 +136,13 @@ def test_a_run_killed_before_its_config_reruns_in_place(monkeypatch, no_figures)
     code, _, err = run_cli("run", "toy", "--out", "k", *SMALL)
     assert code == 0, err
     assert not list(d.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("content", ["{not json", '{"a": 1}', "[1, 2]"])
+def test_a_damaged_manifest_is_one_line_and_nothing_is_removed(monkeypatch, no_figures, content):
+    assert run_cli("run", "toy", "--out", "r", *SMALL)[0] == 0
+    (Path("r/seed-0") / ".eclearn-files.json").write_text(content)
+    code, _, err = run_cli("run", "toy", "--out", "r", *SMALL, "--overwrite")
+    line = one_error_line(code, err)
+    assert ".eclearn-files.json is damaged" in line, line
+    assert Path("r/seed-0/metrics.json").exists()

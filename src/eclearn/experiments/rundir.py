@@ -166,7 +166,11 @@ class OwnedFiles:
                     "another folder"
                 ) from None
             if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
-                raise RunnerError(f"{self.manifest} is not a list of file names; see above")
+                raise RunnerError(
+                    f"{self.manifest} is damaged (not the JSON list of files eclearn wrote); "
+                    "delete it only if every file in the folder is eclearn's, or choose "
+                    "another folder"
+                )
             return set(names)
         if (self.folder / CONFIG_FILE).is_file():  # a run directory older than the manifest
             legacy = {n for n in LEGACY_RUN_FILES if (self.folder / n).exists()}

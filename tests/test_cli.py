@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
 import errno
-import io
 import json
 import os
 import re
@@ -17,10 +15,14 @@ import pytest
 import torch
 
 import eclearn._io
-from eclearn.cli import main
 from eclearn.experiments.runner import INTERRUPT_ENV
 from eclearn.experiments.toy import ToyExperiment
 from eclearn.report.tables import summarize
+from tests import cli_helpers
+from tests.cli_helpers import errors, run_cli
+
+_isolated = cli_helpers._isolated  # autouse: each test in its own folder
+no_figures = cli_helpers.no_figures
 
 # 4 steps per epoch; converges to ~1% of the exact solution in 60 epochs.
 CONVERGING = [
@@ -56,30 +58,6 @@ RUN_FILES = [
     "checkpoint.pt",
     "log.txt",
 ]
-
-
-def run_cli(*args: str) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
-
-
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("eclearn: error: ")]
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(INTERRUPT_ENV, raising=False)
-
-
-@pytest.fixture
-def no_figures(monkeypatch):
-    """Skip figure rendering (the slow part) in tests that do not look at figures."""
-    monkeypatch.setattr("eclearn.report.figures.run_figures", lambda *a, **k: [])
-    monkeypatch.setattr(ToyExperiment, "figures", lambda self, *a, **k: [])
 
 
 @pytest.fixture(scope="module")

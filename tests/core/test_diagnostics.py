@@ -42,17 +42,23 @@ def test_infeasible_equalities_diverge():
     assert f"! {message}" in result.summary()
 
 
-def test_a_multiplier_ramping_up_under_a_small_dual_lr_is_not_called_diverging():
-    """θ = 1 with min ½θ² and a dual lr of 1e-3: the multiplier grows linearly and the
-    violation falls, slowly — the advice is to raise the dual rate, never to lower it."""
+def slow_dual_fit(dual):
+    """θ = 1 under min ½θ² (KKT: θ = 1, μ = −1), primal SGD 0.5, 300 steps with ``dual``."""
 
     def evaluate(model, batch):
         theta = model().sum()
         return {"objective": 0.5 * theta**2, "h": theta}
 
     problem = ecl.Problem(evaluate, [ecl.Equality("h", rhs=1.0)])
-    solver = sgd_solver(problem, Vector([0.0]), lr=0.5, dual=ecl.dual.SGD(1e-3))
-    result = solver.fit(full_batch(), max_steps=300, warn=False)
+    solver = sgd_solver(problem, Vector([0.0]), lr=0.5, dual=dual)
+    return solver, solver.fit(full_batch(), max_steps=300, warn=False)
+
+
+def test_a_multiplier_ramping_up_under_a_small_dual_lr_is_not_called_diverging():
+    """θ = 1 with min ½θ² and a dual lr of 1e-3: the multiplier grows linearly and the
+    violation falls, slowly — the advice is to raise the dual rate, never to lower it."""
+
+    _, result = slow_dual_fit(ecl.dual.SGD(1e-3))
     assert [d.kind for d in result.diagnostics] == ["ramping"]
     message = result.diagnostics[0].message
     assert "Raise the dual learning rate" in message and "lower" not in message
@@ -245,13 +251,7 @@ def test_faq_case_adam_dual_too_slow_is_ramping():
     """θ = 1 under min ½θ² with ecl.dual.Adam(1e-3): the multiplier moves ≈ 1e-3 per step,
     reaching −0.28 of the −1 it needs after 300 steps; the violation falls."""
 
-    def evaluate(model, batch):
-        theta = model().sum()
-        return {"objective": 0.5 * theta**2, "h": theta}
-
-    problem = ecl.Problem(evaluate, [ecl.Equality("h", rhs=1.0)])
-    solver = sgd_solver(problem, Vector([0.0]), lr=0.5, dual=ecl.dual.Adam(1e-3))
-    result = solver.fit(full_batch(), max_steps=300, warn=False)
+    solver, result = slow_dual_fit(ecl.dual.Adam(1e-3))
     assert solver.multipliers["h"].item() == pytest.approx(-0.28, abs=0.01)
     assert [d.kind for d in result.diagnostics] == ["ramping"]
     assert "Raise the dual learning rate" in result.diagnostics[0].message

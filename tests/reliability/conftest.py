@@ -4,20 +4,20 @@ directories' results bit for bit."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from eclearn.cli import main
 from eclearn.experiments.runner import INTERRUPT_ENV
-from eclearn.experiments.toy import ToyExperiment
+from tests import cli_helpers
+from tests.cli_helpers import errors, run_cli  # noqa: F401 (re-exported to the suite)
+
+_isolated = cli_helpers._isolated  # autouse: each test in its own folder
+no_figures = cli_helpers.no_figures
 
 SMALL = [
     "--set",
@@ -38,17 +38,6 @@ def trials(default: int) -> int:
     """How many random trials a reliability test runs: ``default`` in CI, more with
     ``ECLEARN_RELIABILITY_TRIALS=N`` (e.g. for docs/results/reliability.md)."""
     return int(os.environ.get("ECLEARN_RELIABILITY_TRIALS", default))
-
-
-def run_cli(*args: object) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
-
-
-def errors(stderr: str) -> list[str]:
-    return [line for line in stderr.splitlines() if line.startswith("eclearn: error: ")]
 
 
 def one_error_line(code: int, stderr: str) -> str:
@@ -86,16 +75,3 @@ def results_of(run_dir: Path) -> dict[str, object]:
         "multipliers": {k: v.tolist() for k, v in multipliers.items()},
         "model": {k: v.tolist() for k, v in model.items()},
     }
-
-
-@pytest.fixture(autouse=True)
-def _isolated(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv(INTERRUPT_ENV, raising=False)
-
-
-@pytest.fixture
-def no_figures(monkeypatch):
-    """Skip figure rendering (the slow part) where a test does not look at figures."""
-    monkeypatch.setattr("eclearn.report.figures.run_figures", lambda *a, **k: [])
-    monkeypatch.setattr(ToyExperiment, "figures", lambda self, *a, **k: [])

@@ -332,10 +332,6 @@ def main(argv=None) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    if not args.cold:
-        # The first torch optimizer of a process imports torch._dynamo (≈1.5 s, torch's
-        # cost, see docs/fairness.md#cold-start): paid here, untimed, for both methods.
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
     row: dict = {
         "case": args.case,
         "method": args.method,

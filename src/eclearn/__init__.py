@@ -13,6 +13,7 @@ from eclearn._rng import seed_everything
 from eclearn.batches import Batches
 from eclearn.certify import Certificate, certify, check_sensitivity, duality_gap
 from eclearn.diagnostics import Diagnostic, DiagnosticWarning
+from eclearn.eager import eager_optimizer
 from eclearn.evaluation import ConstraintReport, EvaluationReport, evaluate
 from eclearn.formulations import AugmentedLagrangian, Formulation, Lagrangian, Penalty
 from eclearn.history import Columns, History
@@ -72,6 +73,7 @@ __all__ = [
     "check_sensitivity",
     "dual",
     "duality_gap",
+    "eager_optimizer",
     "evaluate",
     "load_checkpoint",
     "measures",

@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from eclearn.dual import SGD
+from eclearn.eager import eager_optimizer
 from eclearn.evaluation import evaluate
 from eclearn.problem import Constraint, Problem
 
@@ -567,7 +568,7 @@ def duality_gap(
 
     batches = list(batches)
     copy_model = copy.deepcopy(model)
-    make = optimizer or (lambda params: torch.optim.Adam(params, lr=1e-3))
+    make = optimizer or (lambda params: eager_optimizer(torch.optim.Adam)(params, lr=1e-3))
     dtype = next(iter(multipliers.values())).dtype if multipliers else torch.float32
     solver = PrimalDual(problem, copy_model, make(copy_model.parameters()), SGD(0.0), dtype=dtype)
     solver.set_multipliers(multipliers)

@@ -236,7 +236,7 @@ class FairBase:
         decay = float(self.alpha) / max(float(weight[train_rows].sum()), 1e-12)
         weights = [p for p in model.parameters() if p.dim() > 1]
         others = [p for p in model.parameters() if p.dim() <= 1]
-        optimizer = torch.optim.Adam(
+        optimizer = ecl.eager_optimizer(torch.optim.Adam)(
             [{"params": weights, "weight_decay": decay}, {"params": others, "weight_decay": 0.0}],
             lr=lr,
         )

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import torch
 from torch import Tensor, nn
 
+from eclearn.eager import eager_optimizer
 from eclearn.problem import Evaluation, Problem
 
 if TYPE_CHECKING:
@@ -204,7 +205,7 @@ class ObjectiveWarmStart(Callback):
             k: (v.to(solver.device) if isinstance(v, Tensor) else v) for k, v in self.batch.items()
         }
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.LBFGS(
+        opt = eager_optimizer(torch.optim.LBFGS)(
             params,
             lr=1.0,
             max_iter=self.max_iter,

@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["eager_optimizer"]
+__all__ = ["algorithm_name", "eager_optimizer"]
 
 _Opt = TypeVar("_Opt", bound=type[torch.optim.Optimizer])
 
@@ -69,6 +69,15 @@ def eager_optimizer(cls: _Opt) -> _Opt:
     # the step hooks (profiler, ``register_step_post_hook``) on this class as on any.
     methods["step"] = functools.wraps(step, updated=())(eager_step)
     name = f"Eager{cls.__name__}"
-    subclass = type(name, (cls,), {**methods, "__module__": __name__, "__qualname__": name})
+    namespace = {**methods, "__module__": __name__, "__qualname__": name, "_eager_parent": cls}
+    subclass = type(name, (cls,), namespace)
     globals()[name] = subclass  # picklable by reference, like the parent
     return subclass  # type: ignore[return-value]
+
+
+def algorithm_name(optimizer: torch.optim.Optimizer) -> str:
+    """The optimizer's algorithm as checkpoints record it: ``"Adam"`` for both
+    ``torch.optim.Adam`` and its :func:`eager_optimizer` subclass, so a checkpoint written
+    with one resumes with the other."""
+    cls = type(optimizer)
+    return getattr(cls, "_eager_parent", cls).__name__

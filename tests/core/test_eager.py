@@ -96,3 +96,30 @@ def test_a_fresh_fair_fit_never_imports_the_compiler_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     assert "dynamo imported: False" in out.stdout, out.stdout + out.stderr
+
+
+def test_a_checkpoint_of_the_torch_class_resumes_with_the_eager_one(tmp_path) -> None:
+    # Checkpoints record the algorithm ("Adam"), not the class: runs written before the
+    # estimators switched to eager optimizers (or by a user's own Adam) still resume.
+    def solver(cls: type) -> ecl.PrimalDual:
+        torch.manual_seed(0)
+        model = torch.nn.Linear(2, 1)
+        def evaluate(m, b):
+            pred = m(b["x"])
+            return {"objective": (pred**2).mean(), "mean": pred.mean().reshape(1)}
+
+        problem = ecl.Problem(evaluate, [ecl.Equality("mean", rhs=1.0)])
+        return ecl.PrimalDual(problem, model, cls(model.parameters(), lr=0.05), ecl.dual.SGD(0.1))
+
+    batch = {"x": torch.randn(16, 2, generator=torch.Generator().manual_seed(1))}
+    plain = solver(torch.optim.Adam)
+    plain.fit([batch], max_steps=5, warn=False)
+    path = tmp_path / "plain.pt"
+    plain.save(str(path))
+    eager = solver(ecl.eager_optimizer(torch.optim.Adam))
+    eager.load(str(path))
+    assert eager.step == 5
+    plain.fit([batch], max_steps=10, warn=False)
+    eager.fit([batch], max_steps=10, warn=False)
+    for a, b in zip(plain.model.parameters(), eager.model.parameters(), strict=True):
+        assert torch.equal(a, b)

@@ -256,9 +256,11 @@ class FairnessExperiment(Experiment):
         )
         model = nn.Linear(x_train.shape[1], 1)
         if config.optimizer == "adam":
-            optimizer: torch.optim.Optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+            optimizer: torch.optim.Optimizer = ecl.eager_optimizer(torch.optim.Adam)(
+                model.parameters(), lr=config.lr
+            )
         else:
-            optimizer = torch.optim.SGD(model.parameters(), lr=config.lr)
+            optimizer = ecl.eager_optimizer(torch.optim.SGD)(model.parameters(), lr=config.lr)
         if config.dual_optimizer == "adam":
             dual: ecl.dual.DualOptimizer = ecl.dual.Adam(lr=config.dual_lr)
         elif config.dual_optimizer == "sgd":

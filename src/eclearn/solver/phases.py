@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from eclearn.eager import algorithm_name
+
 __all__ = ["Phases"]
 
 
@@ -165,7 +167,7 @@ class Phases(torch.optim.Optimizer):
                 }
                 for group in optimizer.param_groups
             ]
-            out.append({"type": type(optimizer).__name__, "steps": steps, "groups": groups})
+            out.append({"type": algorithm_name(optimizer), "steps": steps, "groups": groups})
         return out
 
     def __repr__(self) -> str:

@@ -22,6 +22,7 @@ import torch
 from torch import Tensor
 
 from eclearn import _rng
+from eclearn.eager import algorithm_name
 from eclearn.history import Columns
 from eclearn.problem import ProblemError
 from eclearn.solver.callbacks import unwrap
@@ -68,7 +69,7 @@ def _primal_settings(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
         if "initial_lr" in group:  # a scheduler moves "lr"; the setting is where it started
             entry["lr"] = group["initial_lr"]
         groups.append(entry)
-    return {"type": type(optimizer).__name__, "groups": groups}
+    return {"type": algorithm_name(optimizer), "groups": groups}
 
 
 def settings(solver: PrimalDual) -> dict[str, Any]:
